@@ -1,0 +1,348 @@
+
+/*
+ * Copyright (C) The presence module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include "ngx_http_presence_auth.h"
+
+
+#define NGX_HTTP_PRESENCE_SIG_LEN     43      /* base64url of 32 bytes */
+#define NGX_HTTP_PRESENCE_CACHE_SIZE  4096    /* power of 2 */
+
+
+/*
+ * A verified signature: a token carrying it was checked with this secret.
+ * A token that reuses the signature with another payload gets the subject
+ * of the token that was signed, never its own claims.
+ */
+
+typedef struct {
+    u_char                      sig[NGX_HTTP_PRESENCE_SIG_LEN];
+    u_char                      valid;
+    uint32_t                    uid;
+    const u_char               *secret;
+    time_t                      exp;          /* 0: none */
+    time_t                      nbf;          /* 0: none */
+} ngx_http_presence_token_cache_t;
+
+
+static ngx_int_t ngx_http_presence_jwt_check(ngx_str_t *secret,
+    ngx_str_t *token, u_char *dot1, u_char *dot2, uint32_t *uid, time_t *exp,
+    time_t *nbf, char **reason);
+static json_t *ngx_http_presence_jwt_part(u_char *p, size_t len);
+static ngx_int_t ngx_http_presence_jwt_time(json_t *claims, const char *name,
+    time_t *t);
+static void ngx_http_presence_hmac(ngx_str_t *secret, u_char *data,
+    size_t len, ngx_str_t *sig);
+
+
+static ngx_http_presence_token_cache_t
+    ngx_http_presence_token_cache[NGX_HTTP_PRESENCE_CACHE_SIZE];
+
+
+ngx_int_t
+ngx_http_presence_jwt_verify(ngx_str_t *secret, ngx_str_t *token, time_t now,
+    uint32_t *uid, char **reason)
+{
+    u_char                           *p, *last, *dot1, *dot2;
+    time_t                            exp, nbf;
+    ngx_uint_t                        key;
+    ngx_http_presence_token_cache_t  *c;
+
+    if (token->len == 0 || token->len > NGX_HTTP_PRESENCE_TOKEN_MAX) {
+        *reason = "malformed token";
+        return NGX_DECLINED;
+    }
+
+    p = token->data;
+    last = p + token->len;
+
+    dot1 = ngx_strlchr(p, last, '.');
+    if (dot1 == NULL) {
+        *reason = "malformed token";
+        return NGX_DECLINED;
+    }
+
+    dot2 = ngx_strlchr(dot1 + 1, last, '.');
+    if (dot2 == NULL || ngx_strlchr(dot2 + 1, last, '.') != NULL
+        || last - (dot2 + 1) != NGX_HTTP_PRESENCE_SIG_LEN)
+    {
+        *reason = "malformed token";
+        return NGX_DECLINED;
+    }
+
+    key = ngx_hash_key(dot2 + 1, NGX_HTTP_PRESENCE_SIG_LEN)
+          & (NGX_HTTP_PRESENCE_CACHE_SIZE - 1);
+    c = &ngx_http_presence_token_cache[key];
+
+    if (!c->valid
+        || c->secret != secret->data
+        || ngx_memcmp(c->sig, dot2 + 1, NGX_HTTP_PRESENCE_SIG_LEN) != 0)
+    {
+        if (ngx_http_presence_jwt_check(secret, token, dot1, dot2, uid, &exp,
+                                        &nbf, reason)
+            != NGX_OK)
+        {
+            return NGX_DECLINED;
+        }
+
+        ngx_memcpy(c->sig, dot2 + 1, NGX_HTTP_PRESENCE_SIG_LEN);
+        c->secret = secret->data;
+        c->uid = *uid;
+        c->exp = exp;
+        c->nbf = nbf;
+        c->valid = 1;
+    }
+
+    if (c->exp && now >= c->exp) {
+        *reason = "token expired";
+        return NGX_DECLINED;
+    }
+
+    if (c->nbf && now < c->nbf) {
+        *reason = "token not yet valid";
+        return NGX_DECLINED;
+    }
+
+    *uid = c->uid;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_presence_jwt_check(ngx_str_t *secret, ngx_str_t *token, u_char *dot1,
+    u_char *dot2, uint32_t *uid, time_t *exp, time_t *nbf, char **reason)
+{
+    u_char      buf[EVP_MAX_MD_SIZE * 2];
+    json_t     *header, *claims, *v;
+    ngx_int_t   rc;
+    ngx_str_t   sig;
+    const char *alg, *sub;
+
+    sig.data = buf;
+    ngx_http_presence_hmac(secret, token->data, dot2 - token->data, &sig);
+
+    if (sig.len != NGX_HTTP_PRESENCE_SIG_LEN
+        || CRYPTO_memcmp(sig.data, dot2 + 1, NGX_HTTP_PRESENCE_SIG_LEN) != 0)
+    {
+        *reason = "bad token signature";
+        return NGX_DECLINED;
+    }
+
+    /* the signature is ours: now the claims */
+
+    header = ngx_http_presence_jwt_part(token->data, dot1 - token->data);
+    claims = ngx_http_presence_jwt_part(dot1 + 1, dot2 - dot1 - 1);
+
+    rc = NGX_DECLINED;
+    *reason = "malformed token";
+
+    if (header == NULL || claims == NULL) {
+        goto done;
+    }
+
+    v = json_object_get(header, "alg");
+    alg = json_is_string(v) ? json_string_value(v) : NULL;
+
+    if (alg == NULL || ngx_strcmp(alg, "HS256") != 0) {
+        *reason = "token algorithm is not HS256";
+        goto done;
+    }
+
+    v = json_object_get(claims, "sub");
+    sub = json_is_string(v) ? json_string_value(v) : NULL;
+
+    if (sub == NULL
+        || ngx_http_presence_parse_id((u_char *) sub, json_string_length(v),
+                                      uid)
+           != NGX_OK)
+    {
+        *reason = "token subject is not a user id";
+        goto done;
+    }
+
+    if (ngx_http_presence_jwt_time(claims, "exp", exp) != NGX_OK
+        || ngx_http_presence_jwt_time(claims, "nbf", nbf) != NGX_OK)
+    {
+        *reason = "bad token time claim";
+        goto done;
+    }
+
+    rc = NGX_OK;
+
+done:
+
+    if (header) {
+        json_decref(header);
+    }
+
+    if (claims) {
+        json_decref(claims);
+    }
+
+    return rc;
+}
+
+
+static json_t *
+ngx_http_presence_jwt_part(u_char *p, size_t len)
+{
+    u_char     buf[NGX_HTTP_PRESENCE_TOKEN_MAX];
+    json_t    *json;
+    ngx_str_t  src, dst;
+
+    src.data = p;
+    src.len = len;
+    dst.data = buf;
+
+    if (ngx_base64_decoded_length(len) > sizeof(buf)
+        || ngx_decode_base64url(&dst, &src) != NGX_OK)
+    {
+        return NULL;
+    }
+
+    json = json_loadb((char *) dst.data, dst.len, JSON_REJECT_DUPLICATES,
+                      NULL);
+
+    if (json && !json_is_object(json)) {
+        json_decref(json);
+        return NULL;
+    }
+
+    return json;
+}
+
+
+static ngx_int_t
+ngx_http_presence_jwt_time(json_t *claims, const char *name, time_t *t)
+{
+    json_t  *v;
+
+    *t = 0;
+
+    v = json_object_get(claims, name);
+
+    if (v == NULL) {
+        return NGX_OK;
+    }
+
+    if (json_is_integer(v)) {
+        *t = (time_t) json_integer_value(v);
+
+    } else if (json_is_real(v)) {
+        *t = (time_t) json_real_value(v);
+
+    } else {
+        return NGX_ERROR;
+    }
+
+    /* a zero or negative time would read as "none" */
+    return *t > 0 ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_http_presence_hmac(ngx_str_t *secret, u_char *data, size_t len,
+    ngx_str_t *sig)
+{
+    u_char        md[EVP_MAX_MD_SIZE];
+    unsigned int  n;
+    ngx_str_t     raw;
+
+    if (HMAC(EVP_sha256(), secret->data, (int) secret->len, data, len, md, &n)
+        == NULL)
+    {
+        sig->len = 0;
+        return;
+    }
+
+    raw.data = md;
+    raw.len = n;
+
+    ngx_encode_base64url(sig, &raw);
+}
+
+
+ngx_int_t
+ngx_http_presence_jwt_sign(ngx_pool_t *pool, ngx_str_t *secret, uint32_t uid,
+    time_t now, time_t ttl, ngx_str_t *token)
+{
+    u_char     *p, claims[128];
+    ngx_str_t   header, payload, src, sig;
+
+    ngx_str_set(&header, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9");
+
+    src.data = claims;
+
+    if (ttl) {
+        src.len = ngx_sprintf(claims, "{\"sub\":\"%uD\",\"iat\":%T,\"exp\":%T}",
+                              uid, now, now + ttl)
+                  - claims;
+
+    } else {
+        src.len = ngx_sprintf(claims, "{\"sub\":\"%uD\",\"iat\":%T}", uid, now)
+                  - claims;
+    }
+
+    payload.len = ngx_base64_encoded_length(src.len);
+
+    token->data = ngx_pnalloc(pool, header.len + 1 + payload.len + 1
+                                    + ngx_base64_encoded_length(EVP_MAX_MD_SIZE));
+    if (token->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(token->data, header.data, header.len);
+    *p++ = '.';
+
+    payload.data = p;
+    ngx_encode_base64url(&payload, &src);
+    p += payload.len;
+
+    sig.data = p + 1;
+    ngx_http_presence_hmac(secret, token->data, p - token->data, &sig);
+
+    if (sig.len == 0) {
+        return NGX_ERROR;
+    }
+
+    *p++ = '.';
+    token->len = p + sig.len - token->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_presence_parse_id(u_char *p, size_t len, uint32_t *id)
+{
+    uint64_t  n;
+
+    if (len == 0 || len > 10 || *p == '0') {
+        return NGX_ERROR;
+    }
+
+    for (n = 0; len; len--, p++) {
+        if (*p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+
+        n = n * 10 + (*p - '0');
+    }
+
+    if (n > NGX_HTTP_PRESENCE_MAX_ID) {
+        return NGX_ERROR;
+    }
+
+    *id = (uint32_t) n;
+
+    return NGX_OK;
+}

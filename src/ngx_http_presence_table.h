@@ -1,0 +1,162 @@
+
+/*
+ * Copyright (C) The presence module authors
+ *
+ * The presence table: a fixed-capacity open-addressing hash of user id to
+ * presence state in one shared memory zone, and a timing wheel that finds
+ * the users whose heartbeats timed out.  No HTTP types here: the table is
+ * driven by the handlers, the sweeper timer and the test tools alike.
+ */
+
+
+#ifndef _NGX_HTTP_PRESENCE_TABLE_H_INCLUDED_
+#define _NGX_HTTP_PRESENCE_TABLE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+/* one wheel tick, ms; heartbeat deadlines are kept in ticks */
+#define NGX_PRESENCE_TICK            100
+#define NGX_PRESENCE_WHEEL           4096           /* buckets, power of 2 */
+
+/* deadlines are 24-bit tick counters: ~19 days of horizon */
+#define NGX_PRESENCE_DEADLINE_BITS   24
+#define NGX_PRESENCE_DEADLINE_MASK   0xffffff
+#define NGX_PRESENCE_MAX_TIMEOUT     (86400 * 1000)  /* ms */
+
+/* flags, the low byte of node->state */
+#define NGX_PRESENCE_ACTIVE          0x01   /* heartbeat deadline not passed */
+#define NGX_PRESENCE_INVISIBLE       0x02   /* chose to appear offline */
+#define NGX_PRESENCE_QUEUED          0x04   /* linked in a wheel bucket */
+#define NGX_PRESENCE_DIRTY           0x08   /* changed since last sync */
+
+/* the slot load factor is kept at or below 4/5 */
+#define NGX_PRESENCE_LOAD_NUM        4
+#define NGX_PRESENCE_LOAD_DEN        5
+
+
+/*
+ * One tracked user, 32 bytes.  Every change of status, seq or deadline is
+ * one compare-and-swap of "state":
+ *
+ *     bits 63..32  seq, grows with every change of the visible status
+ *     bits 31..8   heartbeat deadline, in ticks modulo 2^24
+ *     bits  7..0   flags
+ *
+ * so no lock is ever held on a node and a worker killed at any instant
+ * leaves every node consistent.
+ */
+
+typedef struct {
+    uint32_t                    id;          /* 0: free slot */
+    uint32_t                    next;        /* wheel link: slot + 1, 0 ends */
+    uint64_t                    state;
+    uint64_t                    last_seen;   /* ms since the epoch, 0: never */
+    uint32_t                    streams;     /* open event streams */
+    uint32_t                    reserved;
+} ngx_presence_node_t;
+
+
+/* per-process counters, one cache line each, summed by the metrics */
+typedef struct {
+    uint64_t                    heartbeats;
+    uint64_t                    to_online;
+    uint64_t                    to_offline;
+    uint64_t                    full;
+    uint64_t                    expired_sweeps;
+    uint64_t                    pad[3];
+} ngx_presence_counters_t;
+
+
+typedef struct {
+    uint32_t                    capacity;    /* slots */
+    uint32_t                    max_users;   /* capacity * 4 / 5 */
+    ngx_atomic_t                tracked;
+    ngx_atomic_t                online;      /* visibly online users */
+    ngx_atomic_t                sweep_lock;  /* pid of the sweeper, 0: none */
+    uint64_t                    swept;       /* last tick swept */
+    uint32_t                    audit;       /* next slot the audit visits */
+    uint32_t                    reserved;
+    uint64_t                    created;     /* ms since the epoch */
+    uint32_t                    wheel[NGX_PRESENCE_WHEEL];
+    ngx_presence_counters_t     counters[NGX_MAX_PROCESSES];
+    ngx_presence_node_t        *nodes;
+} ngx_presence_shctx_t;
+
+
+/* a change of the visible status, to be published and synced */
+typedef struct {
+    uint32_t                    id;
+    ngx_uint_t                  online;
+    uint64_t                    last_seen;
+    uint32_t                    seq;
+} ngx_presence_change_t;
+
+
+typedef struct ngx_presence_table_s  ngx_presence_table_t;
+
+typedef void (*ngx_presence_change_pt)(ngx_presence_table_t *table,
+    ngx_presence_change_t *ch);
+
+
+/* the per-process handle of the table */
+struct ngx_presence_table_s {
+    ngx_presence_shctx_t       *sh;
+    ngx_slab_pool_t            *shpool;
+    ngx_str_t                   name;
+    ngx_log_t                  *log;
+
+    /* called in the worker that made the change, for every change */
+    ngx_presence_change_pt      changed;
+    void                       *data;
+};
+
+
+/* a consistent copy of one user's visible state */
+typedef struct {
+    uint32_t                    id;
+    ngx_uint_t                  online;
+    ngx_uint_t                  invisible;
+    uint64_t                    last_seen;
+    uint32_t                    seq;
+} ngx_presence_status_t;
+
+
+size_t ngx_presence_table_size(uint32_t users);
+ngx_int_t ngx_presence_table_init(ngx_presence_table_t *table,
+    ngx_slab_pool_t *shpool, size_t size);
+
+ngx_presence_node_t *ngx_presence_table_lookup(ngx_presence_table_t *table,
+    uint32_t id);
+ngx_presence_node_t *ngx_presence_table_get(ngx_presence_table_t *table,
+    uint32_t id);
+
+void ngx_presence_heartbeat(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
+    ngx_uint_t show);
+void ngx_presence_hide(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now);
+void ngx_presence_read(ngx_presence_node_t *node, ngx_presence_status_t *st);
+
+ngx_uint_t ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid);
+
+ngx_presence_counters_t *ngx_presence_counters(ngx_presence_table_t *table);
+void ngx_presence_counters_sum(ngx_presence_table_t *table,
+    ngx_presence_counters_t *sum);
+
+
+/* wall-clock ms since the epoch, as nginx caches it */
+static ngx_inline uint64_t
+ngx_presence_now_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (uint64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+#endif /* _NGX_HTTP_PRESENCE_TABLE_H_INCLUDED_ */
