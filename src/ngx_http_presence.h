@@ -15,6 +15,8 @@
 #include <ngx_http.h>
 #include "ngx_http_presence_table.h"
 #include "ngx_http_presence_auth.h"
+#include "ngx_http_presence_subs.h"
+#include "ngx_http_presence_pg.h"
 
 
 /* request bodies larger than this are 413 */
@@ -28,12 +30,23 @@
 #define NGX_HTTP_PRESENCE_HEARTBEAT     1
 #define NGX_HTTP_PRESENCE_STATUS        2
 #define NGX_HTTP_PRESENCE_METRICS       3
+#define NGX_HTTP_PRESENCE_USERS         4
+#define NGX_HTTP_PRESENCE_SUBSCRIPTIONS 5
+
+/* what the gate says of an id */
+#define NGX_HTTP_PRESENCE_NOT_SUBSCRIBED  0
+#define NGX_HTTP_PRESENCE_ALLOWED         1
+#define NGX_HTTP_PRESENCE_NOT_FOUND       2
 
 
 typedef struct {
     ngx_shm_zone_t             *shm_zone;     /* the presence table */
     ngx_event_t                 sweeper;
     ngx_msec_t                  sweep_interval;
+
+    ngx_http_presence_pg_pool_t  *pg;         /* NULL: no users database */
+    ngx_shm_zone_t             *subs_zone;    /* the subscription cache */
+    ngx_presence_subs_t         subs;
 } ngx_http_presence_main_conf_t;
 
 
@@ -45,10 +58,53 @@ typedef struct {
     ngx_str_t                   identity_name;
 
     ngx_msec_t                  timeout;      /* heartbeat timeout */
+    ngx_msec_t                  token_ttl;    /* of tokens handed out */
 } ngx_http_presence_loc_conf_t;
 
 
+typedef struct ngx_http_presence_ctx_s  ngx_http_presence_ctx_t;
+
+typedef void (*ngx_http_presence_done_pt)(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+
+
+/* a request that waits for the database */
+struct ngx_http_presence_ctx_s {
+    ngx_http_request_t            *request;
+    ngx_http_presence_pg_query_t  *query;    /* in flight, or NULL */
+
+    uint32_t                       uid;      /* the caller */
+    uint32_t                       target;
+
+    uint32_t                      *ids;      /* the status gate's */
+    u_char                        *allowed;
+    ngx_uint_t                     n;
+    ngx_atomic_uint_t              version;
+    ngx_http_presence_done_pt      done;
+
+    unsigned                       waiting:1;
+    unsigned                       single:1;
+};
+
+
 ngx_int_t ngx_http_presence_handler(ngx_http_request_t *r);
+
+ngx_int_t ngx_http_presence_identify(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf, uint32_t *uid);
+ngx_int_t ngx_http_presence_not_allowed(ngx_http_request_t *r,
+    const char *allow);
+ngx_int_t ngx_http_presence_read_body(ngx_http_request_t *r,
+    ngx_str_t *body);
+void ngx_http_presence_finalize(ngx_http_request_t *r, ngx_int_t rc);
+ngx_int_t ngx_http_presence_ctx_init(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t **pctx);
+
+ngx_int_t ngx_http_presence_users_handler(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf, ngx_str_t *rest);
+ngx_int_t ngx_http_presence_subscriptions_handler(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf, ngx_str_t *rest);
+ngx_int_t ngx_http_presence_gate(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
 
 ngx_presence_table_t *ngx_http_presence_table(ngx_http_request_t *r);
 

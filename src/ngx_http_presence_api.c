@@ -19,43 +19,73 @@
      + 10 + NGX_INT64_LEN + 10)
 
 
-static ngx_int_t ngx_http_presence_identify(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf, uint32_t *uid);
 static ngx_int_t ngx_http_presence_unauthorized(ngx_http_request_t *r,
     char *reason);
-static ngx_int_t ngx_http_presence_not_allowed(ngx_http_request_t *r,
-    const char *allow);
 static ngx_int_t ngx_http_presence_heartbeat_handler(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf);
 static ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf);
+    ngx_http_presence_loc_conf_t *plcf, ngx_str_t *rest);
 static ngx_int_t ngx_http_presence_status_one(ngx_http_request_t *r,
     uint32_t uid, ngx_str_t *id);
 static ngx_int_t ngx_http_presence_status_many(ngx_http_request_t *r,
     uint32_t uid);
+static ngx_int_t ngx_http_presence_status_gate(ngx_http_request_t *r,
+    uint32_t uid, uint32_t *ids, ngx_uint_t n, ngx_uint_t single);
+static void ngx_http_presence_status_done(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+static ngx_int_t ngx_http_presence_status_send(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
 static void ngx_http_presence_status_put(ngx_http_request_t *r);
-static ngx_int_t ngx_http_presence_read_body(ngx_http_request_t *r,
-    ngx_str_t *body);
 static u_char *ngx_http_presence_status_json(u_char *p,
     ngx_presence_table_t *table, uint32_t id);
 static ngx_presence_node_t *ngx_http_presence_node(ngx_http_request_t *r,
     ngx_presence_table_t *table, uint32_t id);
 
 
+/*
+ * The part of the URI after the location's prefix: "" for the collection,
+ * "/{id}" for an item.
+ */
+
 ngx_int_t
 ngx_http_presence_handler(ngx_http_request_t *r)
 {
+    ngx_str_t                      rest;
+    ngx_http_core_loc_conf_t      *clcf;
     ngx_http_presence_loc_conf_t  *plcf;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
+    if (plcf->endpoint == NGX_HTTP_PRESENCE_HEARTBEAT) {
+        return ngx_http_presence_heartbeat_handler(r, plcf);
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    rest = r->uri;
+
+    if (rest.len >= clcf->name.len
+        && ngx_strncmp(rest.data, clcf->name.data, clcf->name.len) == 0)
+    {
+        rest.data += clcf->name.len;
+        rest.len -= clcf->name.len;
+    }
+
+    if (rest.len && rest.data[0] != '/') {
+        return ngx_http_presence_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                       "no such resource");
+    }
+
     switch (plcf->endpoint) {
 
-    case NGX_HTTP_PRESENCE_HEARTBEAT:
-        return ngx_http_presence_heartbeat_handler(r, plcf);
+    case NGX_HTTP_PRESENCE_USERS:
+        return ngx_http_presence_users_handler(r, plcf, &rest);
+
+    case NGX_HTTP_PRESENCE_SUBSCRIPTIONS:
+        return ngx_http_presence_subscriptions_handler(r, plcf, &rest);
 
     default: /* NGX_HTTP_PRESENCE_STATUS */
-        return ngx_http_presence_status_handler(r, plcf);
+        return ngx_http_presence_status_handler(r, plcf, &rest);
     }
 }
 
@@ -66,7 +96,7 @@ ngx_http_presence_handler(ngx_http_request_t *r)
  * NGX_OK is the response's code.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_presence_identify(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf, uint32_t *uid)
 {
@@ -146,7 +176,7 @@ ngx_http_presence_unauthorized(ngx_http_request_t *r, char *reason)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_presence_not_allowed(ngx_http_request_t *r, const char *allow)
 {
     ngx_table_elt_t  *h;
@@ -239,38 +269,16 @@ ngx_http_presence_node(ngx_http_request_t *r, ngx_presence_table_t *table,
 }
 
 
-/*
- * GET /v1/status/{id}, GET /v1/status?ids=..., PUT /v1/status.  The id is
- * the part of the URI after the location's prefix.
- */
+/* GET /v1/status/{id}, GET /v1/status?ids=..., PUT /v1/status */
 
 static ngx_int_t
 ngx_http_presence_status_handler(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf)
+    ngx_http_presence_loc_conf_t *plcf, ngx_str_t *rest)
 {
-    uint32_t                   uid;
-    ngx_int_t                  rc;
-    ngx_str_t                  rest;
-    ngx_http_core_loc_conf_t  *clcf;
+    uint32_t   uid;
+    ngx_int_t  rc;
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-    rest.data = r->uri.data;
-    rest.len = r->uri.len;
-
-    if (rest.len >= clcf->name.len
-        && ngx_strncmp(rest.data, clcf->name.data, clcf->name.len) == 0)
-    {
-        rest.data += clcf->name.len;
-        rest.len -= clcf->name.len;
-    }
-
-    if (rest.len && rest.data[0] != '/') {
-        return ngx_http_presence_error(r, NGX_HTTP_NOT_FOUND, "not_found",
-                                       "no such resource");
-    }
-
-    if (rest.len) {
+    if (rest->len) {
         /* /v1/status/{id} */
 
         if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -287,10 +295,10 @@ ngx_http_presence_status_handler(ngx_http_request_t *r,
             return (rc == NGX_DECLINED) ? NGX_OK : rc;
         }
 
-        rest.data++;
-        rest.len--;
+        rest->data++;
+        rest->len--;
 
-        return ngx_http_presence_status_one(r, uid, &rest);
+        return ngx_http_presence_status_one(r, uid, rest);
     }
 
     if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
@@ -340,44 +348,30 @@ static ngx_int_t
 ngx_http_presence_status_one(ngx_http_request_t *r, uint32_t uid,
     ngx_str_t *id)
 {
-    uint32_t               target;
-    ngx_buf_t             *b;
-    ngx_presence_table_t  *table;
+    uint32_t  *target;
 
-    if (ngx_http_presence_parse_id(id->data, id->len, &target) != NGX_OK) {
+    target = ngx_palloc(r->pool, sizeof(uint32_t));
+    if (target == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_presence_parse_id(id->data, id->len, target) != NGX_OK) {
         return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
                                        "user id must be an integer in "
                                        "1..2147483647");
     }
 
-    if (target != uid) {
-        return ngx_http_presence_error(r, NGX_HTTP_FORBIDDEN,
-                                       "not_subscribed",
-                                       "subscribe to this user to see "
-                                       "its status");
-    }
-
-    b = ngx_create_temp_buf(r->pool, NGX_HTTP_PRESENCE_STATUS_LEN);
-    if (b == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    table = ngx_http_presence_table(r);
-    b->last = ngx_http_presence_status_json(b->last, table, target);
-
-    return ngx_http_presence_send_json(r, NGX_HTTP_OK, b);
+    return ngx_http_presence_status_gate(r, uid, target, 1, 1);
 }
 
 
 static ngx_int_t
 ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
 {
-    u_char                *p, *last, *comma, *dst;
-    uint32_t               id;
-    ngx_buf_t             *b;
-    ngx_str_t              arg, ids;
-    ngx_uint_t             n;
-    ngx_presence_table_t  *table;
+    u_char      *p, *last, *comma, *dst;
+    uint32_t     id, *list;
+    ngx_str_t    arg, ids;
+    ngx_uint_t   n;
 
     if (ngx_http_arg(r, (u_char *) "ids", 3, &arg) != NGX_OK || arg.len == 0) {
         return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
@@ -422,16 +416,12 @@ ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
         p = comma + 1;
     }
 
-    b = ngx_create_temp_buf(r->pool,
-                            sizeof("{\"statuses\":[]}")
-                            + n * (NGX_HTTP_PRESENCE_STATUS_LEN + 1));
-    if (b == NULL) {
+    list = ngx_palloc(r->pool, n * sizeof(uint32_t));
+    if (list == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    table = ngx_http_presence_table(r);
-
-    b->last = ngx_cpymem(b->last, "{\"statuses\":[", sizeof("{\"statuses\":[") - 1);
+    n = 0;
 
     for (p = ids.data; p <= last; p = comma + 1) {
         comma = ngx_strlchr(p, last, ',');
@@ -439,19 +429,115 @@ ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
             comma = last;
         }
 
-        (void) ngx_http_presence_parse_id(p, comma - p, &id);
+        (void) ngx_http_presence_parse_id(p, comma - p, &list[n++]);
+    }
 
-        if (p != ids.data) {
+    return ngx_http_presence_status_gate(r, uid, list, n, 0);
+}
+
+
+/* the status answer once the gate has said which ids the caller may see */
+
+static ngx_int_t
+ngx_http_presence_status_gate(ngx_http_request_t *r, uint32_t uid,
+    uint32_t *ids, ngx_uint_t n, ngx_uint_t single)
+{
+    ngx_int_t                 rc;
+    ngx_http_presence_ctx_t  *ctx;
+
+    if (ngx_http_presence_ctx_init(r, &ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->uid = uid;
+    ctx->ids = ids;
+    ctx->n = n;
+    ctx->single = single;
+    ctx->done = ngx_http_presence_status_done;
+
+    rc = ngx_http_presence_gate(r, ctx);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_presence_status_send(r, ctx);
+}
+
+
+static void
+ngx_http_presence_status_done(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_http_presence_finalize(r, ngx_http_presence_status_send(r, ctx));
+}
+
+
+static ngx_int_t
+ngx_http_presence_status_send(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_buf_t             *b;
+    ngx_uint_t             i;
+    ngx_presence_table_t  *table;
+
+    table = ngx_http_presence_table(r);
+
+    if (ctx->single) {
+        if (ctx->allowed[0] == NGX_HTTP_PRESENCE_NOT_FOUND) {
+            return ngx_http_presence_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                           "no such user");
+        }
+
+        if (ctx->allowed[0] != NGX_HTTP_PRESENCE_ALLOWED) {
+            return ngx_http_presence_error(r, NGX_HTTP_FORBIDDEN,
+                                           "not_subscribed",
+                                           "subscribe to this user to see "
+                                           "its status");
+        }
+
+        b = ngx_create_temp_buf(r->pool, NGX_HTTP_PRESENCE_STATUS_LEN);
+        if (b == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        b->last = ngx_http_presence_status_json(b->last, table, ctx->ids[0]);
+
+        return ngx_http_presence_send_json(r, NGX_HTTP_OK, b);
+    }
+
+    b = ngx_create_temp_buf(r->pool,
+                            sizeof("{\"statuses\":[]}")
+                            + ctx->n * (NGX_HTTP_PRESENCE_STATUS_LEN + 1));
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, "{\"statuses\":[",
+                         sizeof("{\"statuses\":[") - 1);
+
+    for (i = 0; i < ctx->n; i++) {
+        if (i) {
             *b->last++ = ',';
         }
 
-        if (id == uid) {
-            b->last = ngx_http_presence_status_json(b->last, table, id);
+        switch (ctx->allowed[i]) {
 
-        } else {
+        case NGX_HTTP_PRESENCE_ALLOWED:
+            b->last = ngx_http_presence_status_json(b->last, table,
+                                                    ctx->ids[i]);
+            break;
+
+        case NGX_HTTP_PRESENCE_NOT_FOUND:
+            b->last = ngx_sprintf(b->last,
+                                  "{\"id\":%uD,\"error\":\"not_found\"}",
+                                  ctx->ids[i]);
+            break;
+
+        default:
             b->last = ngx_sprintf(b->last,
                                   "{\"id\":%uD,\"error\":\"not_subscribed\"}",
-                                  id);
+                                  ctx->ids[i]);
         }
     }
 
@@ -561,7 +647,7 @@ ngx_http_presence_status_put(ngx_http_request_t *r)
  * (a chunked body has no length to check in advance).
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_presence_read_body(ngx_http_request_t *r, ngx_str_t *body)
 {
     u_char       *p;

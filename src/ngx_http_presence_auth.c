@@ -14,18 +14,18 @@
 
 
 #define NGX_HTTP_PRESENCE_SIG_LEN     43      /* base64url of 32 bytes */
-#define NGX_HTTP_PRESENCE_CACHE_SIZE  4096    /* power of 2 */
+#define NGX_HTTP_PRESENCE_CACHE_SIZE  8192    /* power of 2 */
+#define NGX_HTTP_PRESENCE_CACHED_MAX  280     /* longer tokens: no cache */
 
 
 /*
- * A verified signature: a token carrying it was checked with this secret.
- * A token that reuses the signature with another payload gets the subject
- * of the token that was signed, never its own claims.
+ * A token verified with this secret, byte for byte: the next time it only
+ * costs a hash and a compare.  Its time claims are checked on every use.
  */
 
 typedef struct {
-    u_char                      sig[NGX_HTTP_PRESENCE_SIG_LEN];
-    u_char                      valid;
+    u_char                      token[NGX_HTTP_PRESENCE_CACHED_MAX];
+    uint16_t                    len;
     uint32_t                    uid;
     const u_char               *secret;
     time_t                      exp;          /* 0: none */
@@ -36,6 +36,8 @@ typedef struct {
 static ngx_int_t ngx_http_presence_jwt_check(ngx_str_t *secret,
     ngx_str_t *token, u_char *dot1, u_char *dot2, uint32_t *uid, time_t *exp,
     time_t *nbf, char **reason);
+static ngx_int_t ngx_http_presence_jwt_times(time_t exp, time_t nbf,
+    time_t now, char **reason);
 static json_t *ngx_http_presence_jwt_part(u_char *p, size_t len);
 static ngx_int_t ngx_http_presence_jwt_time(json_t *claims, const char *name,
     time_t *t);
@@ -82,9 +84,9 @@ ngx_http_presence_jwt_verify(ngx_str_t *secret, ngx_str_t *token, time_t now,
           & (NGX_HTTP_PRESENCE_CACHE_SIZE - 1);
     c = &ngx_http_presence_token_cache[key];
 
-    if (!c->valid
+    if (c->len != token->len
         || c->secret != secret->data
-        || ngx_memcmp(c->sig, dot2 + 1, NGX_HTTP_PRESENCE_SIG_LEN) != 0)
+        || ngx_memcmp(c->token, token->data, token->len) != 0)
     {
         if (ngx_http_presence_jwt_check(secret, token, dot1, dot2, uid, &exp,
                                         &nbf, reason)
@@ -93,25 +95,36 @@ ngx_http_presence_jwt_verify(ngx_str_t *secret, ngx_str_t *token, time_t now,
             return NGX_DECLINED;
         }
 
-        ngx_memcpy(c->sig, dot2 + 1, NGX_HTTP_PRESENCE_SIG_LEN);
+        if (token->len > NGX_HTTP_PRESENCE_CACHED_MAX) {
+            return ngx_http_presence_jwt_times(exp, nbf, now, reason);
+        }
+
+        ngx_memcpy(c->token, token->data, token->len);
+        c->len = (uint16_t) token->len;
         c->secret = secret->data;
         c->uid = *uid;
         c->exp = exp;
         c->nbf = nbf;
-        c->valid = 1;
     }
 
-    if (c->exp && now >= c->exp) {
+    *uid = c->uid;
+
+    return ngx_http_presence_jwt_times(c->exp, c->nbf, now, reason);
+}
+
+
+static ngx_int_t
+ngx_http_presence_jwt_times(time_t exp, time_t nbf, time_t now, char **reason)
+{
+    if (exp && now >= exp) {
         *reason = "token expired";
         return NGX_DECLINED;
     }
 
-    if (c->nbf && now < c->nbf) {
+    if (nbf && now < nbf) {
         *reason = "token not yet valid";
         return NGX_DECLINED;
     }
-
-    *uid = c->uid;
 
     return NGX_OK;
 }

@@ -29,7 +29,14 @@ static char *ngx_http_presence_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_timeout(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_presence_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_presence_init_subs_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
+static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_conf_post_handler_pt  ngx_http_presence_timeout_p =
@@ -39,7 +46,7 @@ static ngx_conf_post_handler_pt  ngx_http_presence_timeout_p =
 static ngx_command_t  ngx_http_presence_commands[] = {
 
     { ngx_string("presence_zone"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE23,
       ngx_http_presence_zone,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -94,6 +101,41 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       NGX_HTTP_PRESENCE_METRICS,
       NULL },
 
+    { ngx_string("presence_users"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_USERS,
+      NULL },
+
+    { ngx_string("presence_subscriptions"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_SUBSCRIPTIONS,
+      NULL },
+
+    { ngx_string("presence_postgres"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_presence_postgres,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_cache_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_presence_cache_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_token_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, token_ttl),
+      NULL },
+
       ngx_null_command
 };
 
@@ -123,7 +165,7 @@ ngx_module_t  ngx_http_presence_module = {
     ngx_http_presence_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_presence_exit_process,        /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -144,6 +186,7 @@ ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         /* a reload: the table goes on as it is */
         table->sh = otable->sh;
         table->shpool = otable->shpool;
+        ngx_presence_table_limit(table);
         return NGX_OK;
     }
 
@@ -152,6 +195,7 @@ ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     if (shm_zone->shm.exists) {
         table->sh = shpool->data;
+        ngx_presence_table_limit(table);
         return NGX_OK;
     }
 
@@ -204,6 +248,12 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (pmcf->pg
+        && ngx_http_presence_pg_init_process(pmcf->pg, cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     table = pmcf->shm_zone->data;
     table->log = cycle->log;
 
@@ -215,6 +265,20 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
     ngx_add_timer(&pmcf->sweeper, pmcf->sweep_interval);
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_presence_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_presence_module);
+
+    if (pmcf && pmcf->pg) {
+        ngx_http_presence_pg_exit_process(pmcf->pg);
+    }
 }
 
 
@@ -266,9 +330,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     ngx_http_presence_main_conf_t  *pmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return ngx_http_presence_error(r, NGX_HTTP_NOT_ALLOWED,
-                                       "method_not_allowed",
-                                       "use GET");
+        return ngx_http_presence_not_allowed(r, "GET, HEAD");
     }
 
     rc = ngx_http_discard_request_body(r);
@@ -307,6 +369,9 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
         "# TYPE presence_transitions_total counter\n"
         "presence_transitions_total{to=\"online\"} %uL\n"
         "presence_transitions_total{to=\"offline\"} %uL\n"
+        "# HELP presence_events_published_total Events published.\n"
+        "# TYPE presence_events_published_total counter\n"
+        "presence_events_published_total %uL\n"
         "# HELP presence_zone_full_total New users refused: zone full.\n"
         "# TYPE presence_zone_full_total counter\n"
         "presence_zone_full_total %uL\n",
@@ -314,7 +379,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
         (ngx_atomic_uint_t) table->sh->tracked,
         table->sh->max_users,
         pmcf->shm_zone->shm.size,
-        sum.heartbeats, sum.to_online, sum.to_offline, sum.full);
+        sum.heartbeats, sum.to_online, sum.to_offline, sum.published, sum.full);
 
     r->headers_out.content_type_len = sizeof("text/plain; version=0.0.4") - 1;
     ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
@@ -366,6 +431,7 @@ ngx_http_presence_create_loc_conf(ngx_conf_t *cf)
 
     plcf->identity = NGX_CONF_UNSET;
     plcf->timeout = NGX_CONF_UNSET_MSEC;
+    plcf->token_ttl = NGX_CONF_UNSET_MSEC;
 
     return plcf;
 }
@@ -380,6 +446,8 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_presence_main_conf_t  *pmcf;
 
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 30000);
+    ngx_conf_merge_msec_value(conf->token_ttl, prev->token_ttl,
+                              (ngx_msec_t) 30 * 86400 * 1000);
 
     /* the identity set nearest to the location wins, whichever kind */
 
@@ -406,6 +474,17 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if ((conf->endpoint == NGX_HTTP_PRESENCE_USERS
+         || conf->endpoint == NGX_HTTP_PRESENCE_SUBSCRIPTIONS)
+        && pmcf->pg == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_users\" and "
+                           "\"presence_subscriptions\" need "
+                           "\"presence_postgres\" in the http block");
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->endpoint != NGX_HTTP_PRESENCE_METRICS
         && conf->secret.data == NULL && conf->identity == NGX_ERROR)
     {
@@ -421,7 +500,7 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
-/* presence_zone name=<name> size=<size> */
+/* presence_zone name=<name> size=<size> [max_users=<n>] */
 
 static char *
 ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -429,6 +508,7 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_presence_main_conf_t *pmcf = conf;
 
     ssize_t                size;
+    ngx_int_t              max;
     ngx_str_t             *value, name, s;
     ngx_uint_t             i;
     ngx_presence_table_t  *table;
@@ -440,6 +520,7 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
 
     size = 0;
+    max = 0;
     ngx_str_null(&name);
 
     for (i = 1; i < cf->args->nelts; i++) {
@@ -459,6 +540,18 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             if (size == NGX_ERROR) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid zone size \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max_users=", 10) == 0) {
+            max = ngx_atoi(value[i].data + 10, value[i].len - 10);
+
+            if (max <= 0 || max > 0xfffffffe) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid max_users \"%V\"", &value[i]);
                 return NGX_CONF_ERROR;
             }
 
@@ -491,6 +584,7 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     table->name = name;
     table->log = &cf->cycle->new_log;
+    table->max_users = (uint32_t) max;
 
     pmcf->shm_zone = ngx_shared_memory_add(cf, &name, size,
                                            &ngx_http_presence_module);
@@ -673,4 +767,194 @@ ngx_http_presence_timeout(ngx_conf_t *cf, void *post, void *data)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * presence_postgres "<conninfo>" [pool=N] [timeout=T] [queue=N]
+ *
+ * Also creates the subscription cache zone when "presence_cache_zone"
+ * did not: 16m, about 200,000 cached sets of 10 subscriptions.
+ */
+
+static char *
+ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, s, name;
+    ngx_uint_t   i, size, queue;
+    ngx_msec_t   timeout;
+
+    if (pmcf->pg) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    size = 4;
+    queue = 1024;
+    timeout = 5000;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
+            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
+            if (n < 1 || n > 64) {
+                goto invalid;
+            }
+
+            size = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "queue=", 6) == 0) {
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (n < 1) {
+                goto invalid;
+            }
+
+            queue = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            timeout = ngx_parse_time(&s, 0);
+            if (timeout == (ngx_msec_t) NGX_ERROR || timeout == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    pmcf->pg = ngx_http_presence_pg_create(cf, &value[1], size, timeout,
+                                           queue);
+    if (pmcf->pg == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->subs_zone == NULL) {
+        ngx_str_set(&name, "presence_subscriptions");
+
+        pmcf->subs_zone = ngx_shared_memory_add(cf, &name, 16 * 1024 * 1024,
+                                                &ngx_http_presence_module);
+        if (pmcf->subs_zone == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        pmcf->subs_zone->init = ngx_http_presence_init_subs_zone;
+        pmcf->subs_zone->data = &pmcf->subs;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/* presence_cache_zone name=<name> size=<size>: the subscription cache */
+
+static char *
+ngx_http_presence_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ssize_t      size;
+    ngx_str_t   *value, name, s;
+    ngx_uint_t   i;
+
+    if (pmcf->subs_zone) {
+        return "is duplicate or follows \"presence_postgres\"";
+    }
+
+    value = cf->args->elts;
+
+    size = 0;
+    ngx_str_null(&name);
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "name=", 5) == 0) {
+            name.data = value[i].data + 5;
+            name.len = value[i].len - 5;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "size=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+            size = ngx_parse_size(&s);
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (name.len == 0 || size < (ssize_t) (1024 * 1024)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" needs name= and a size= of at least 1m",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    pmcf->subs_zone = ngx_shared_memory_add(cf, &name, size,
+                                            &ngx_http_presence_module);
+    if (pmcf->subs_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    pmcf->subs_zone->init = ngx_http_presence_init_subs_zone;
+    pmcf->subs_zone->data = &pmcf->subs;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_presence_init_subs_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_presence_subs_t  *osubs = data;
+
+    ngx_slab_pool_t      *shpool;
+    ngx_presence_subs_t  *subs;
+
+    subs = shm_zone->data;
+
+    if (osubs) {
+        subs->sh = osubs->sh;
+        subs->shpool = osubs->shpool;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        subs->sh = shpool->data;
+        subs->shpool = shpool;
+        return NGX_OK;
+    }
+
+    if (ngx_presence_subs_init(subs, shpool) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    shpool->data = subs->sh;
+
+    /* running out of memory is normal here: the cache evicts */
+    shpool->log_nomem = 0;
+
+    return NGX_OK;
 }

@@ -103,15 +103,33 @@ ngx_presence_table_init(ngx_presence_table_t *table, ngx_slab_pool_t *shpool,
     }
 
     sh->capacity = (uint32_t) slots;
-    sh->max_users = (uint32_t) (slots * NGX_PRESENCE_LOAD_NUM
-                                / NGX_PRESENCE_LOAD_DEN);
     sh->swept = ngx_current_msec / NGX_PRESENCE_TICK;
     sh->created = ngx_presence_now_ms();
 
     table->sh = sh;
     table->shpool = shpool;
 
+    ngx_presence_table_limit(table);
+
     return NGX_OK;
+}
+
+
+/* the load factor's cap, or the configured one if lower; on reload too */
+
+void
+ngx_presence_table_limit(ngx_presence_table_t *table)
+{
+    uint32_t  max;
+
+    max = (uint32_t) ((uint64_t) table->sh->capacity * NGX_PRESENCE_LOAD_NUM
+                      / NGX_PRESENCE_LOAD_DEN);
+
+    if (table->max_users && table->max_users < max) {
+        max = table->max_users;
+    }
+
+    table->sh->max_users = max;
 }
 
 
@@ -592,5 +610,6 @@ ngx_presence_counters_sum(ngx_presence_table_t *table,
         sum->to_online += ngx_presence_load(&c->to_online);
         sum->to_offline += ngx_presence_load(&c->to_offline);
         sum->full += ngx_presence_load(&c->full);
+        sum->published += ngx_presence_load(&c->published);
     }
 }

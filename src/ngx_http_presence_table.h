@@ -65,7 +65,7 @@ typedef struct {
     uint64_t                    to_online;
     uint64_t                    to_offline;
     uint64_t                    full;
-    uint64_t                    expired_sweeps;
+    uint64_t                    published;
     uint64_t                    pad[3];
 } ngx_presence_counters_t;
 
@@ -107,6 +107,7 @@ struct ngx_presence_table_s {
     ngx_slab_pool_t            *shpool;
     ngx_str_t                   name;
     ngx_log_t                  *log;
+    uint32_t                    max_users;   /* configured cap, 0: none */
 
     /* called in the worker that made the change, for every change */
     ngx_presence_change_pt      changed;
@@ -127,6 +128,7 @@ typedef struct {
 size_t ngx_presence_table_size(uint32_t users);
 ngx_int_t ngx_presence_table_init(ngx_presence_table_t *table,
     ngx_slab_pool_t *shpool, size_t size);
+void ngx_presence_table_limit(ngx_presence_table_t *table);
 
 ngx_presence_node_t *ngx_presence_table_lookup(ngx_presence_table_t *table,
     uint32_t id);
