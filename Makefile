@@ -1,9 +1,13 @@
-# The two commands of README.md, and their helpers; the work is in util/.
+# Thin wrappers over util/: make (build), make run / stop, make test
+# [T=t/001-heartbeat.t], make bench.
 
-.PHONY: build run stop test bench services-start services-stop clean
+.PHONY: build deps run stop test bench services-start services-stop clean
 
 build:
 	util/build.sh
+
+deps:
+	util/deps.sh
 
 run:
 	util/run.sh
@@ -12,10 +16,10 @@ stop:
 	util/stop.sh
 
 test:
-	util/test.sh
+	T="$(T)" util/test.sh
 
-bench: build
-	util/bench/run
+bench:
+	util/bench/heartbeat
 
 services-start:
 	util/services.sh start
@@ -24,4 +28,4 @@ services-stop:
 	util/services.sh stop
 
 clean:
-	rm -rf build t/servroot
+	rm -rf build t/servroot*

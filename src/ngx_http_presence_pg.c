@@ -185,8 +185,9 @@ ngx_http_presence_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo,
     if (conninfo->len == 0
         || ngx_strlchr(conninfo->data, conninfo->data + conninfo->len, '\0'))
     {
+        /* not echoed: it may hold a password */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid postgres conninfo \"%V\"", conninfo);
+                           "empty postgres conninfo, or a NUL in it");
         return NULL;
     }
 

@@ -1,40 +1,58 @@
 #!/usr/bin/env bash
-# Builds ngx_http_presence_module.so against Debian's nginx (nginx-dev):
-# build/nginx is a copy of /usr/share/nginx/src configured with Debian's
-# own flags, so the module is binary-compatible with /usr/sbin/nginx.
+# Builds build/modules/ngx_http_presence_module.so against Debian's nginx:
+# build/nginx is a copy of /usr/share/nginx/src (nginx-dev) configured with
+# Debian's own flags (its conf_flags file), so the module's signature matches
+# /usr/sbin/nginx.  Warnings are errors.
+#
+#   PRESENCE_CC_OPT  optimisation and debug flags (default -O2 -g)
+#   PRESENCE_LD_OPT  extra linker flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 top=$PWD
 src=/usr/share/nginx/src
 dir=build/nginx
-cc_opt=${PRESENCE_CC_OPT:--O2 -g}
+cc_opt="-Wall -Wextra -Werror ${PRESENCE_CC_OPT:--O2 -g}"
 ld_opt=${PRESENCE_LD_OPT:-}
 
-[ -d "$src" ] || { echo "build: $src missing (apt-get install nginx-dev)"; exit 1; }
+[ -f "$src/conf_flags" ] || { echo "build: $src missing: util/deps.sh (nginx-dev)" >&2; exit 1; }
 
+mkdir -p build/modules
+
+# make run, make test and make bench may build at the same time
+exec 9> build/.lock
+flock 9
+
+# a new nginx-dev (a Debian update) is a new tree: copy it afresh
+version=$(dpkg-query -W -f='${Version}' nginx-dev 2>/dev/null || echo unknown)
+if [ "$version" != "$(cat build/.nginx-version 2>/dev/null)" ]; then
+    rm -rf "$dir" build/.configured
+fi
 if [ ! -d "$dir" ]; then
-    mkdir -p build
-    cp -r "$src" "$dir"
+    cp -r "$src" "$dir.tmp"
+    mv "$dir.tmp" "$dir"
+    echo "$version" > build/.nginx-version
 fi
 
-# reconfigure when the addon script or the flags change
-stamp="$(cat config "$src/conf_flags"; echo "$cc_opt $ld_opt")"
+# configure again only when the addon script or the flags change
+stamp="$(cat config "$dir/conf_flags"; echo "cc: $cc_opt"; echo "ld: $ld_opt")"
 if [ ! -f "$dir/objs/Makefile" ] || [ "$stamp" != "$(cat build/.configured 2>/dev/null)" ]; then
+    rm -f build/.configured
+    echo "build: configuring nginx $version with the module (log: build/configure.log)"
     (
         cd "$dir"
         # shellcheck disable=SC1091
-        . ./conf_flags
+        . ./conf_flags      # defines the array NGX_CONF_FLAGS
         ./configure "${NGX_CONF_FLAGS[@]}" \
-            --with-cc-opt="-Wall -Wextra -Werror $cc_opt" \
-            --with-ld-opt="$ld_opt" \
-            --add-dynamic-module="$top" > ../configure.log 2>&1 \
-        || { tail -30 ../configure.log; exit 1; }
-    )
+            --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" \
+            --add-dynamic-module="$top"
+    ) > build/configure.log 2>&1 || { tail -30 build/configure.log >&2; exit 1; }
     printf '%s' "$stamp" > build/.configured
 fi
 
-make -s -C "$dir" -f objs/Makefile modules
-mkdir -p build/modules
-cp "$dir/objs/ngx_http_presence_module.so" build/modules/
+make -s -j"$(nproc)" -C "$dir" -f objs/Makefile modules
+
+# a new inode, never an overwrite: a running nginx has the old one mapped
+cp "$dir/objs/ngx_http_presence_module.so" build/modules/.presence.so.tmp
+mv -f build/modules/.presence.so.tmp build/modules/ngx_http_presence_module.so
 echo "build: build/modules/ngx_http_presence_module.so"

@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Installs, with apt, the Debian packages the build, the run and the tests
-# need, and only those that are missing.
+# Installs, with apt, the Debian (bookworm) packages that the build, make run,
+# make test and make bench need, and only those that are missing: a second
+# run does nothing, not even apt-get update.
 set -euo pipefail
 
 pkgs=(
-    build-essential nginx-dev nginx libnginx-mod-nchan
+    build-essential nginx-dev libnginx-mod-nchan
     libpcre3-dev zlib1g-dev libssl-dev
     libjansson-dev libpq-dev libhiredis-dev librdkafka-dev
     postgresql postgresql-contrib redis-server kcat
-    wrk curl openssl time
+    wrk curl openssl procps
     libtest-base-perl libtext-diff-perl liblist-moreutils-perl
     libwww-perl libipc-run-perl
 )
 
+installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
-    s=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    [ "$s" = "install ok installed" ] || missing+=("$p")
+    installed "$p" || missing+=("$p")
 done
+
+# /usr/sbin/nginx 1.22.1: the nginx package, or one of its flavours
+have_nginx=
+for p in nginx nginx-light nginx-core nginx-full nginx-extras; do
+    installed "$p" && have_nginx=1 && break
+done
+[ -n "$have_nginx" ] || missing+=(nginx)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -26,12 +37,15 @@ echo "deps: installing ${missing[*]}"
 sudo=
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -q
-$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$sudo env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
 
-# the packages' own services are not ours: make run and make test start
-# their own instances on other ports
-for svc in nginx postgresql redis-server; do
-    $sudo service "$svc" stop >/dev/null 2>&1 || true
+# A package's own service, started by its postinst on the default port, is
+# not ours (make run and make test start their own instances on other
+# ports): stop the ones this run installed.
+for svc in nginx:nginx postgresql:postgresql redis-server:redis-server; do
+    case " ${missing[*]} " in
+        *" ${svc%%:*} "*) $sudo service "${svc#*:}" stop >/dev/null 2>&1 || true ;;
+    esac
 done

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Project-local PostgreSQL and Redis on loopback, for make run and make test.
 #
-#   util/services.sh start|stop|pg-start|pg-stop|redis-start|redis-stop|env
+#   util/services.sh start|stop|env|running [pg|redis]
+#   util/services.sh pg-start|pg-stop|redis-start|redis-stop
 #
-# PostgreSQL runs as the postgres user (initdb refuses root) with its data
-# under /tmp, outside the work tree, which that user may not be able to
-# enter.  Only what this script started is stopped.
+# PostgreSQL: a cluster of its own in .run/pg (as the postgres user when run
+# as root: initdb refuses root), on 127.0.0.1:${PRESENCE_PG_PORT:-55432}
+# and a unix socket in that directory; database ${PRESENCE_PG_DB:-presence}
+# owned by role presence (password presence), with every sql/*.sql applied in
+# order on each start (they are idempotent).
+# Redis: .run/redis, 127.0.0.1:${PRESENCE_REDIS_PORT:-56379}, no persistence.
+# Starting twice is fine; stop stops exactly these two, by data dir and pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pg_port=${PRESENCE_PG_PORT:-55432}
 redis_port=${PRESENCE_REDIS_PORT:-56379}
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-pg_dir=${PRESENCE_PG_DIR:-/tmp/presence-pg-$pg_port}
+db=${PRESENCE_PG_DB:-presence}
+dsn="host=127.0.0.1 port=$pg_port dbname=$db user=presence password=presence"
 redis_dir=$PWD/.run/redis
-dsn="host=127.0.0.1 port=$pg_port dbname=presence user=presence password=presence"
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -24,7 +29,25 @@ as_pg() {
     fi
 }
 
+# .run/pg, unless the postgres user cannot reach the work tree (a checkout
+# under a private home): then a directory of its own under /tmp
+pg_dir=${PRESENCE_PG_DIR:-$PWD/.run/pg}
+if [ -z "${PRESENCE_PG_DIR:-}" ] && [ "$(id -u)" -eq 0 ]; then
+    mkdir -p .run
+    runuser -u postgres -- test -x "$PWD/.run" || pg_dir=/tmp/presence-pg-$pg_port
+fi
+
+pg_ctl() {
+    as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" "$@"
+}
+
+pg_running() {
+    [ -f "$pg_dir/data/PG_VERSION" ] && pg_ctl status >/dev/null 2>&1
+}
+
 pg_start() {
+    [ -n "$pg_bin" ] || { echo "services: no PostgreSQL: util/deps.sh" >&2; exit 1; }
+
     if [ ! -f "$pg_dir/data/PG_VERSION" ]; then
         mkdir -p "$pg_dir"
         [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$pg_dir"
@@ -32,44 +55,49 @@ pg_start() {
             --locale=C.UTF-8 --auth-local=trust --auth-host=md5 >/dev/null
     fi
 
-    if ! as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; then
-        as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w \
+    if ! pg_running; then
+        pg_ctl -l "$pg_dir/postgres.log" -w -t 30 \
             -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" \
-            start >/dev/null
+            start >/dev/null \
+        || { tail -20 "$pg_dir/postgres.log" >&2; exit 1; }
     fi
 
-    as_pg psql -q -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<SQL >/dev/null
-DO \$\$ BEGIN
+    local psql=(as_pg psql -X -q -h "$pg_dir" -p "$pg_port" -U postgres -v ON_ERROR_STOP=1)
+
+    "${psql[@]}" -d postgres >/dev/null <<'SQL'
+DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'presence') THEN
     CREATE ROLE presence LOGIN PASSWORD 'presence';
   END IF;
-END \$\$;
+END $$;
 SQL
-    if ! as_pg psql -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -Atc \
-            "SELECT 1 FROM pg_database WHERE datname = 'presence'" | grep -q 1; then
-        as_pg createdb -h "$pg_dir" -p "$pg_port" -U postgres -O presence presence
+    if [ -z "$("${psql[@]}" -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
+        as_pg createdb -h "$pg_dir" -p "$pg_port" -U postgres -O presence "$db"
     fi
 
     # migrations, in order, as the owner (pg_trgm is a trusted extension)
     for f in sql/*.sql; do
         [ -e "$f" ] || continue
-        as_pg psql -q -h "$pg_dir" -p "$pg_port" -U postgres -d presence \
-            -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" \
-            -c "SET ROLE presence" -f - < "$f" >/dev/null
+        "${psql[@]}" -d "$db" -c "SET client_min_messages = warning" \
+            -c "SET ROLE presence" -f - < "$f" >/dev/null \
+        || { echo "services: $f failed" >&2; exit 1; }
     done
 }
 
 pg_stop() {
-    if [ -f "$pg_dir/data/postmaster.pid" ]; then
-        as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    if pg_running; then
+        pg_ctl -m fast -w stop >/dev/null
     fi
+}
+
+redis_pid() {
+    local pid
+    pid=$(cat "$redis_dir/redis.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null && echo "$pid"
 }
 
 redis_start() {
     mkdir -p "$redis_dir"
-    if [ -f "$redis_dir/redis.pid" ] && kill -0 "$(cat "$redis_dir/redis.pid")" 2>/dev/null; then
-        return
-    fi
+    redis_pid >/dev/null && return
     redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes \
         --dir "$redis_dir" --pidfile "$redis_dir/redis.pid" \
         --logfile "$redis_dir/redis.log" --save '' --appendonly no
@@ -77,19 +105,20 @@ redis_start() {
         redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return
         sleep 0.1
     done
-    echo "services: redis did not start"; exit 1
+    echo "services: redis did not start:" >&2
+    tail -20 "$redis_dir/redis.log" >&2
+    exit 1
 }
 
 redis_stop() {
-    if [ -f "$redis_dir/redis.pid" ]; then
-        kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null || true
-        for _ in $(seq 50); do
-            [ -f "$redis_dir/redis.pid" ] || break
-            kill -0 "$(cat "$redis_dir/redis.pid" 2>/dev/null)" 2>/dev/null || break
-            sleep 0.1
-        done
-        rm -f "$redis_dir/redis.pid"
-    fi
+    local pid
+    pid=$(redis_pid) || { rm -f "$redis_dir/redis.pid"; return 0; }
+    kill "$pid"
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    rm -f "$redis_dir/redis.pid"
 }
 
 case "${1:-}" in
@@ -99,9 +128,21 @@ case "${1:-}" in
     pg-stop)     pg_stop ;;
     redis-start) redis_start ;;
     redis-stop)  redis_stop ;;
-    env)
-        echo "export PRESENCE_PG_DSN='$dsn'"
-        echo "export PRESENCE_REDIS_PORT=$redis_port"
-        ;;
-    *) echo "usage: $0 start|stop|pg-start|pg-stop|redis-start|redis-stop|env"; exit 2 ;;
+    running)     # exit 0 when running (both, or the one named)
+        case "${2:-all}" in
+            pg)    pg_running ;;
+            redis) redis_pid >/dev/null ;;
+            *)     pg_running && redis_pid >/dev/null ;;
+        esac ;;
+    env)         # shell exports, for eval
+        for v in PRESENCE_PG_HOST=127.0.0.1 PRESENCE_PG_PORT="$pg_port" \
+                 PRESENCE_PG_DB="$db" PRESENCE_PG_DSN="$dsn" \
+                 PRESENCE_PG_SOCKET_DIR="$pg_dir" \
+                 PRESENCE_REDIS_HOST=127.0.0.1 PRESENCE_REDIS_PORT="$redis_port"
+        do
+            printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
+        done ;;
+    *)
+        echo "usage: $0 start|stop|env|running [pg|redis]|pg-start|pg-stop|redis-start|redis-stop" >&2
+        exit 2 ;;
 esac

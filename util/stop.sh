@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# make stop: stops what make run started, by its pid files.
+# make stop: stops what make run started, by its pid file and data dirs:
+# the nginx of .run/ and the project-local PostgreSQL and Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 run=$PWD/.run
 
-if [ -f "$run/logs/nginx.pid" ] && kill -0 "$(cat "$run/logs/nginx.pid")" 2>/dev/null; then
-    /usr/sbin/nginx -p "$run/" -c "$run/conf/nginx.conf" -s quit
+pid=$(cat "$run/logs/nginx.pid" 2>/dev/null || true)
+# only our master: a stale pid file may name a recycled pid
+if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null \
+        | grep -q "^nginx: master process .* -p $run/ "; then
+    # graceful: workers finish their requests (SIGQUIT, as nginx -s quit)
+    kill -QUIT "$pid"
     for _ in $(seq 100); do
-        [ -f "$run/logs/nginx.pid" ] || break
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "stop: nginx $pid still finishing requests after 10 s: SIGTERM"
+        kill -TERM "$pid"
+    fi
+    echo "stop: nginx $pid stopped"
 fi
 
 util/services.sh stop
-echo "stopped"
+echo "stop: PostgreSQL and Redis of .run stopped"

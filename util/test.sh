@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
-# make test: installs what is missing, builds, starts the stores the tests
-# use, runs the Test::Nginx suite (or the files given), stops what it
-# started.  Under the real Test::Nginx when it is installed, else with the
-# compatible runner in t/runner.
+# make test [T=t/001-heartbeat.t ...]: installs what is missing, builds,
+# starts the stores the tests use, runs the Test::Nginx suite (or the files
+# in T), stops what it started, and exits with prove's status.  Runs under
+# the real Test::Nginx when it is installed, else under t/runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 util/deps.sh
 util/build.sh
 
-started=
+# stop at the end only what this run started (make run may be up)
+started=()
 cleanup() {
-    [ -z "$started" ] || util/services.sh stop
+    local rc=$?
+    for s in "${started[@]}"; do
+        util/services.sh "$s-stop" || true
+    done
+    exit "$rc"
 }
 trap cleanup EXIT
 
-util/services.sh start
-started=1
+# the tests empty their tables: a database of their own, never make run's
+export PRESENCE_PG_DB=presence_test
+
+for s in pg redis; do
+    util/services.sh running "$s" || started+=("$s")
+    util/services.sh "$s-start"
+done
 eval "$(util/services.sh env)"
 
 export TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
 export TEST_NGINX_MODULE_DIR=$PWD/build/modules
-export TEST_NGINX_SERVROOT=$PWD/t/servroot
+export TEST_NGINX_SERVROOT=${TEST_NGINX_SERVROOT:-$PWD/t/servroot}
 export TEST_NGINX_PG_DSN=$PRESENCE_PG_DSN
+export TEST_NGINX_PG_PORT=$PRESENCE_PG_PORT
 export TEST_NGINX_REDIS_PORT=$PRESENCE_REDIS_PORT
 
 inc=(-I t/lib)
 perl -MTest::Nginx::Socket -e1 2>/dev/null || inc+=(-I t/runner)
 
-# shellcheck disable=SC2086
-prove "${inc[@]}" ${T:-t/*.t}
+# shellcheck disable=SC2086  # T is a list of files
+prove "${inc[@]}" -r ${T:-t}

@@ -77,7 +77,7 @@ sub pause {
 
 # PostgreSQL of the test run, started by util/services.sh (make test).
 our $PG_DSN = $ENV{TEST_NGINX_PG_DSN}
-    || 'host=127.0.0.1 port=55432 dbname=presence user=presence password=presence';
+    || 'host=127.0.0.1 port=55432 dbname=presence_test user=presence password=presence';
 $ENV{TEST_NGINX_PG_DSN} = $PG_DSN;
 
 our $PG_CONFIG = <<'CONF';

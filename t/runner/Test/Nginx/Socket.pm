@@ -274,7 +274,8 @@ sub check_response ($$$$$$) {
     if (defined $block->response_body) {
         my $expected = $value->($block->response_body);
         if (ref $expected) {
-            like($content, $expected, "$name - response_body - like (repeated req $repeated, req $idx)");
+            like($content, $expected,
+                 "$name - response_body - like (repeated req $repeated, req $idx)");
         } else {
             $expected =~ s/\$ServerPort\b/$ServerPort/g if defined $expected;
             is($content, expand_env_in_text($expected, $name),
@@ -315,7 +316,8 @@ sub check_error_log ($$;$) {
             my ($p, $at) = (fmt_str($pats->[$i]), $first[$i]);
             if ($section eq 'error_log') {
                 ok(defined $at, "$name - pattern \"$pats->[$i]\" "
-                   . (defined $at ? 'matches' : 'should match') . " a line in error.log (req $repeated)");
+                   . (defined $at ? 'matches' : 'should match')
+                   . " a line in error.log (req $repeated)");
             } elsif (!defined $at) {
                 pass("$name - pattern \"$p\" does not match a line in error.log (req $repeated)");
             } else {

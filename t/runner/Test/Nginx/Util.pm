@@ -80,7 +80,10 @@ sub server_port (@)            { @_ ? ($ServerPort = shift) : $ServerPort }
 sub repeat_each (@)            { $RepeatEach = shift if @_; $RepeatEach }
 sub master_on ()               { $MasterProcessEnabled = 'on' }
 sub master_off ()              { $MasterProcessEnabled = 'off' }
-sub master_process_enabled (@) { @_ ? (shift() ? master_on() : master_off()) : $MasterProcessEnabled }
+sub master_process_enabled (@) {
+    return $MasterProcessEnabled if !@_;
+    return shift() ? master_on() : master_off();
+}
 sub no_shuffle ()              { $NoShuffle = 1 }
 sub no_long_string ()          { $NoLongString = 1 }
 sub no_root_location ()        { $NoRootLocation = 1 }
