@@ -7,9 +7,9 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <jansson.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include "ngx_http_presence_auth.h"
 
 
@@ -33,6 +33,24 @@ typedef struct {
 } ngx_http_presence_token_cache_t;
 
 
+/*
+ * A keyed HMAC context per secret, reused for every token: OpenSSL's
+ * one-shot HMAC() looks the algorithm up and derives the key each time,
+ * which costs more than the hash.  And the last header verified with the
+ * secret: tokens of one issuer share it, so it is decoded once.
+ */
+
+#define NGX_HTTP_PRESENCE_SECRETS     8
+#define NGX_HTTP_PRESENCE_HEADER_MAX  128
+
+typedef struct {
+    const u_char               *secret;
+    EVP_MAC_CTX                *mac;
+    u_char                      header[NGX_HTTP_PRESENCE_HEADER_MAX];
+    size_t                      header_len;
+} ngx_http_presence_key_t;
+
+
 static ngx_int_t ngx_http_presence_jwt_check(ngx_str_t *secret,
     ngx_str_t *token, u_char *dot1, u_char *dot2, uint32_t *uid, time_t *exp,
     time_t *nbf, char **reason);
@@ -43,10 +61,14 @@ static ngx_int_t ngx_http_presence_jwt_time(json_t *claims, const char *name,
     time_t *t);
 static void ngx_http_presence_hmac(ngx_str_t *secret, u_char *data,
     size_t len, ngx_str_t *sig);
+static ngx_http_presence_key_t *ngx_http_presence_key(ngx_str_t *secret);
 
 
 static ngx_http_presence_token_cache_t
     ngx_http_presence_token_cache[NGX_HTTP_PRESENCE_CACHE_SIZE];
+
+static ngx_http_presence_key_t
+    ngx_http_presence_keys[NGX_HTTP_PRESENCE_SECRETS];
 
 
 ngx_int_t
@@ -134,11 +156,13 @@ static ngx_int_t
 ngx_http_presence_jwt_check(ngx_str_t *secret, ngx_str_t *token, u_char *dot1,
     u_char *dot2, uint32_t *uid, time_t *exp, time_t *nbf, char **reason)
 {
-    u_char      buf[EVP_MAX_MD_SIZE * 2];
-    json_t     *header, *claims, *v;
-    ngx_int_t   rc;
-    ngx_str_t   sig;
-    const char *alg, *sub;
+    u_char                   buf[EVP_MAX_MD_SIZE * 2];
+    size_t                   len;
+    json_t                  *header, *claims, *v;
+    ngx_int_t                rc;
+    ngx_str_t                sig;
+    const char              *alg, *sub;
+    ngx_http_presence_key_t *k;
 
     sig.data = buf;
     ngx_http_presence_hmac(secret, token->data, dot2 - token->data, &sig);
@@ -152,21 +176,41 @@ ngx_http_presence_jwt_check(ngx_str_t *secret, ngx_str_t *token, u_char *dot1,
 
     /* the signature is ours: now the claims */
 
-    header = ngx_http_presence_jwt_part(token->data, dot1 - token->data);
+    k = ngx_http_presence_key(secret);
+    len = dot1 - token->data;
+
+    if (k && k->header_len == len
+        && ngx_memcmp(k->header, token->data, len) == 0)
+    {
+        /* the header already seen with this secret */
+        header = NULL;
+
+    } else {
+        header = ngx_http_presence_jwt_part(token->data, len);
+
+        v = json_object_get(header, "alg");
+        alg = json_is_string(v) ? json_string_value(v) : NULL;
+
+        if (alg == NULL || ngx_strcmp(alg, "HS256") != 0) {
+            *reason = header ? "token algorithm is not HS256"
+                             : "malformed token";
+            rc = NGX_DECLINED;
+            claims = NULL;
+            goto done;
+        }
+
+        if (k && len <= NGX_HTTP_PRESENCE_HEADER_MAX) {
+            ngx_memcpy(k->header, token->data, len);
+            k->header_len = len;
+        }
+    }
+
     claims = ngx_http_presence_jwt_part(dot1 + 1, dot2 - dot1 - 1);
 
     rc = NGX_DECLINED;
     *reason = "malformed token";
 
-    if (header == NULL || claims == NULL) {
-        goto done;
-    }
-
-    v = json_object_get(header, "alg");
-    alg = json_is_string(v) ? json_string_value(v) : NULL;
-
-    if (alg == NULL || ngx_strcmp(alg, "HS256") != 0) {
-        *reason = "token algorithm is not HS256";
+    if (claims == NULL) {
         goto done;
     }
 
@@ -262,18 +306,81 @@ ngx_http_presence_jwt_time(json_t *claims, const char *name, time_t *t)
 }
 
 
+static ngx_http_presence_key_t *
+ngx_http_presence_key(ngx_str_t *secret)
+{
+    ngx_uint_t                i;
+    OSSL_PARAM                params[2];
+    EVP_MAC                  *mac;
+    ngx_http_presence_key_t  *k;
+
+    for (i = 0; i < NGX_HTTP_PRESENCE_SECRETS; i++) {
+        k = &ngx_http_presence_keys[i];
+
+        if (k->secret == secret->data) {
+            return k;
+        }
+
+        if (k->secret == NULL) {
+            break;
+        }
+    }
+
+    if (i == NGX_HTTP_PRESENCE_SECRETS) {
+        /* more secrets than slots: the last slot takes turns */
+        k = &ngx_http_presence_keys[NGX_HTTP_PRESENCE_SECRETS - 1];
+        EVP_MAC_CTX_free(k->mac);
+        ngx_memzero(k, sizeof(ngx_http_presence_key_t));
+    }
+
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (mac == NULL) {
+        return NULL;
+    }
+
+    k->mac = EVP_MAC_CTX_new(mac);
+    EVP_MAC_free(mac);
+
+    if (k->mac == NULL) {
+        return NULL;
+    }
+
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                 (char *) "SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+
+    if (!EVP_MAC_init(k->mac, secret->data, secret->len, params)) {
+        EVP_MAC_CTX_free(k->mac);
+        k->mac = NULL;
+        return NULL;
+    }
+
+    k->secret = secret->data;
+    k->header_len = 0;
+
+    return k;
+}
+
+
 static void
 ngx_http_presence_hmac(ngx_str_t *secret, u_char *data, size_t len,
     ngx_str_t *sig)
 {
-    u_char        md[EVP_MAX_MD_SIZE];
-    unsigned int  n;
-    ngx_str_t     raw;
+    u_char                    md[EVP_MAX_MD_SIZE];
+    size_t                    n;
+    ngx_str_t                 raw;
+    ngx_http_presence_key_t  *k;
 
-    if (HMAC(EVP_sha256(), secret->data, (int) secret->len, data, len, md, &n)
-        == NULL)
+    sig->len = 0;
+
+    k = ngx_http_presence_key(secret);
+
+    /* a NULL key: the one the context was keyed with */
+    if (k == NULL
+        || !EVP_MAC_init(k->mac, NULL, 0, NULL)
+        || !EVP_MAC_update(k->mac, data, len)
+        || !EVP_MAC_final(k->mac, md, &n, sizeof(md)))
     {
-        sig->len = 0;
         return;
     }
 

@@ -41,3 +41,36 @@ perl -MTest::Nginx::Socket -e1 2>/dev/null || inc+=(-I t/runner)
 
 # shellcheck disable=SC2086  # T is a list of files
 prove "${inc[@]}" -r ${T:-t}
+
+# The whole suite once more with the module built with AddressSanitizer
+# (nginx itself is not instrumented: libasan is preloaded).  Reports go to
+# files; any report fails the run.  PRESENCE_ASAN=0 skips it, and so does
+# a run of chosen files (T=...).
+if [ "${PRESENCE_ASAN:-1}" = 1 ] && [ -z "${T:-}" ]; then
+    asan=$PWD/build/asan
+    PRESENCE_BUILD=build/asan \
+    PRESENCE_CC_OPT="-O1 -g -fsanitize=address -fno-omit-frame-pointer" \
+    PRESENCE_LD_OPT="-fsanitize=address" util/build.sh
+
+    rm -rf "$asan/reports"
+    mkdir -p "$asan/reports"
+    cat > "$asan/nginx.sh" <<WRAP
+#!/bin/sh
+export LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+export ASAN_OPTIONS=detect_leaks=0:log_path=$asan/reports/asan
+exec /usr/sbin/nginx "\$@"
+WRAP
+    chmod +x "$asan/nginx.sh"
+
+    echo "test: the suite again, module built with AddressSanitizer"
+    TEST_NGINX_BINARY=$asan/nginx.sh TEST_NGINX_MODULE_DIR=$asan/modules \
+    TEST_NGINX_SERVROOT=$PWD/t/servroot-asan \
+        prove "${inc[@]}" -r t
+
+    if ls "$asan/reports"/asan.* >/dev/null 2>&1; then
+        echo "test: AddressSanitizer reports:"
+        cat "$asan/reports"/asan.*
+        exit 1
+    fi
+    echo "test: no AddressSanitizer report"
+fi
