@@ -14,7 +14,7 @@
 
 
 #define NGX_HTTP_PRESENCE_SIG_LEN     43      /* base64url of 32 bytes */
-#define NGX_HTTP_PRESENCE_CACHE_SIZE  8192    /* power of 2 */
+#define NGX_HTTP_PRESENCE_CACHE_SETS  8192    /* power of 2, of 2 ways */
 #define NGX_HTTP_PRESENCE_CACHED_MAX  280     /* longer tokens: no cache */
 
 
@@ -54,6 +54,8 @@ typedef struct {
 static ngx_int_t ngx_http_presence_jwt_check(ngx_str_t *secret,
     ngx_str_t *token, u_char *dot1, u_char *dot2, uint32_t *uid, time_t *exp,
     time_t *nbf, char **reason);
+static ngx_inline ngx_int_t ngx_http_presence_token_cached(
+    ngx_http_presence_token_cache_t *c, ngx_str_t *secret, ngx_str_t *token);
 static ngx_int_t ngx_http_presence_jwt_times(time_t exp, time_t nbf,
     time_t now, char **reason);
 static json_t *ngx_http_presence_jwt_part(u_char *p, size_t len);
@@ -64,8 +66,9 @@ static void ngx_http_presence_hmac(ngx_str_t *secret, u_char *data,
 static ngx_http_presence_key_t *ngx_http_presence_key(ngx_str_t *secret);
 
 
+/* 2-way: ways [0] and [1] of a set, [0] the most recently filled */
 static ngx_http_presence_token_cache_t
-    ngx_http_presence_token_cache[NGX_HTTP_PRESENCE_CACHE_SIZE];
+    ngx_http_presence_token_cache[NGX_HTTP_PRESENCE_CACHE_SETS][2];
 
 static ngx_http_presence_key_t
     ngx_http_presence_keys[NGX_HTTP_PRESENCE_SECRETS];
@@ -78,7 +81,7 @@ ngx_http_presence_jwt_verify(ngx_str_t *secret, ngx_str_t *token, time_t now,
     u_char                           *p, *last, *dot1, *dot2;
     time_t                            exp, nbf;
     ngx_uint_t                        key;
-    ngx_http_presence_token_cache_t  *c;
+    ngx_http_presence_token_cache_t  *c, *set;
 
     if (token->len == 0 || token->len > NGX_HTTP_PRESENCE_TOKEN_MAX) {
         *reason = "malformed token";
@@ -103,13 +106,15 @@ ngx_http_presence_jwt_verify(ngx_str_t *secret, ngx_str_t *token, time_t now,
     }
 
     key = ngx_hash_key(dot2 + 1, NGX_HTTP_PRESENCE_SIG_LEN)
-          & (NGX_HTTP_PRESENCE_CACHE_SIZE - 1);
-    c = &ngx_http_presence_token_cache[key];
+          & (NGX_HTTP_PRESENCE_CACHE_SETS - 1);
+    set = ngx_http_presence_token_cache[key];
 
-    if (c->len != token->len
-        || c->secret != secret->data
-        || ngx_memcmp(c->token, token->data, token->len) != 0)
-    {
+    c = ngx_http_presence_token_cached(&set[0], secret, token)
+        ? &set[0]
+        : ngx_http_presence_token_cached(&set[1], secret, token)
+          ? &set[1] : NULL;
+
+    if (c == NULL) {
         if (ngx_http_presence_jwt_check(secret, token, dot1, dot2, uid, &exp,
                                         &nbf, reason)
             != NGX_OK)
@@ -120,6 +125,10 @@ ngx_http_presence_jwt_verify(ngx_str_t *secret, ngx_str_t *token, time_t now,
         if (token->len > NGX_HTTP_PRESENCE_CACHED_MAX) {
             return ngx_http_presence_jwt_times(exp, nbf, now, reason);
         }
+
+        /* the older way goes */
+        set[1] = set[0];
+        c = &set[0];
 
         ngx_memcpy(c->token, token->data, token->len);
         c->len = (uint16_t) token->len;
@@ -132,6 +141,16 @@ ngx_http_presence_jwt_verify(ngx_str_t *secret, ngx_str_t *token, time_t now,
     *uid = c->uid;
 
     return ngx_http_presence_jwt_times(c->exp, c->nbf, now, reason);
+}
+
+
+static ngx_inline ngx_int_t
+ngx_http_presence_token_cached(ngx_http_presence_token_cache_t *c,
+    ngx_str_t *secret, ngx_str_t *token)
+{
+    return c->len == token->len
+           && c->secret == secret->data
+           && ngx_memcmp(c->token, token->data, token->len) == 0;
 }
 
 
