@@ -1,7 +1,9 @@
 # Thin wrappers over util/: make (build), make run / stop, make test
-# [T=t/001-heartbeat.t], make bench.
+# [T=t/001-heartbeat.t], make bench (all three benchmarks), or one of
+# bench-heartbeat, bench-table, bench-users.
 
-.PHONY: build deps run stop test bench services-start services-stop clean
+.PHONY: build deps run stop test bench bench-heartbeat bench-table \
+        bench-users services-start services-stop clean
 
 build:
 	util/build.sh
@@ -18,8 +20,22 @@ stop:
 test:
 	T="$(T)" util/test.sh
 
-bench:
+bench: bench-table bench-heartbeat bench-users
+
+bench-heartbeat:
 	util/bench/heartbeat
+
+# the table alone, 5,000,000 users, 1% of them falling silent
+bench-table: build
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter \
+	    -I build/nginx/src/core -I build/nginx/src/event \
+	    -I build/nginx/src/os/unix -I build/nginx/objs \
+	    -o build/table-bench util/bench/table.c src/ngx_http_presence_table.c
+	/usr/bin/time -v -o build/table-bench.time build/table-bench 5000000 1
+	grep 'Maximum resident' build/table-bench.time
+
+bench-users:
+	util/bench/users
 
 services-start:
 	util/services.sh start

@@ -9,7 +9,7 @@ pkgs=(
     libpcre3-dev zlib1g-dev libssl-dev
     libjansson-dev libpq-dev libhiredis-dev librdkafka-dev
     postgresql postgresql-contrib redis-server kcat
-    wrk curl openssl procps
+    wrk curl openssl procps time bc
     libtest-base-perl libtext-diff-perl liblist-moreutils-perl
     libwww-perl libipc-run-perl
 )
