@@ -21,11 +21,14 @@ dsn="host=127.0.0.1 port=$pg_port dbname=$db user=presence password=presence"
 redis_dir=$PWD/.run/redis
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
+# psql and friends are Perl scripts (Debian's pg_wrapper): a PERL5LIB
+# inherited from prove may name folders the postgres user cannot enter,
+# and so may the current folder
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
-        runuser -u postgres -- "$@"
+        (cd / && runuser -u postgres -- env -u PERL5LIB "$@")
     else
-        "$@"
+        env -u PERL5LIB "$@"
     fi
 }
 
