@@ -30,8 +30,9 @@
 /* slots audited per sweep: the whole table about once a minute */
 #define NGX_PRESENCE_AUDIT_MIN    1024
 #define NGX_PRESENCE_AUDIT_TICKS  600
-/* an active node this many ticks past its deadline was lost by a sweeper */
+/* a node queued this long past a turn of the wheel was lost by a sweeper */
 #define NGX_PRESENCE_AUDIT_GRACE  20
+#define NGX_PRESENCE_NO_TICK      ((uint64_t) -1)
 
 
 static ngx_inline uint32_t ngx_presence_tick24(ngx_msec_t ms);
@@ -40,10 +41,11 @@ static ngx_inline ngx_int_t ngx_presence_passed(uint32_t deadline,
 static uint32_t ngx_presence_deadline_for(ngx_msec_t timeout);
 static void ngx_presence_push(ngx_presence_table_t *table, uint32_t slot,
     uint32_t deadline);
+static uint64_t ngx_presence_tick_of(uint32_t deadline, uint64_t now);
 static void ngx_presence_notify(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t state, uint64_t last_seen);
 static ngx_uint_t ngx_presence_expire(ngx_presence_table_t *table,
-    uint32_t slot, uint32_t tick, ngx_uint_t requeue);
+    uint32_t slot, uint32_t tick);
 static ngx_uint_t ngx_presence_lock_sweep(ngx_presence_table_t *table,
     ngx_pid_t pid);
 
@@ -104,6 +106,8 @@ ngx_presence_table_init(ngx_presence_table_t *table, ngx_slab_pool_t *shpool,
 
     sh->capacity = (uint32_t) slots;
     sh->swept = ngx_current_msec / NGX_PRESENCE_TICK;
+    sh->late = NGX_PRESENCE_NO_TICK;
+    sh->magic = NGX_PRESENCE_MAGIC;
     sh->created = ngx_presence_now_ms();
 
     table->sh = sh;
@@ -360,21 +364,68 @@ ngx_presence_read(ngx_presence_node_t *node, ngx_presence_status_t *st)
 }
 
 
-/* lock-free push onto a bucket; the sweeper takes whole buckets */
+/*
+ * Lock-free push onto the bucket of the deadline; the sweeper takes whole
+ * buckets.  Not onto a bucket already swept (a worker whose clock lags the
+ * sweeper's would aim there).  If the sweeper passed the bucket while we
+ * pushed, the node would wait there a whole turn of the wheel: the sweeper
+ * stores "swept" before it takes a bucket, so we see it, and hint it to
+ * sweep that bucket again.  The tick is noted in the node, for the audit.
+ */
 
 static void
 ngx_presence_push(ngx_presence_table_t *table, uint32_t slot,
     uint32_t deadline)
 {
-    uint32_t   head;
-    uint32_t  *bucket;
+    uint32_t               head;
+    uint32_t              *bucket;
+    uint64_t               tick, next, late;
+    ngx_presence_shctx_t  *sh;
 
-    bucket = &table->sh->wheel[deadline & (NGX_PRESENCE_WHEEL - 1)];
+    sh = table->sh;
+
+    tick = ngx_presence_tick_of(deadline, ngx_current_msec / NGX_PRESENCE_TICK);
+    next = ngx_presence_load(&sh->swept) + 1;
+
+    if (tick < next) {
+        tick = next;
+    }
+
+    sh->nodes[slot].queued = (uint32_t) tick;
+
+    bucket = &sh->wheel[tick & (NGX_PRESENCE_WHEEL - 1)];
     head = ngx_presence_load(bucket);
 
     do {
-        table->sh->nodes[slot].next = head;
-    } while (!ngx_presence_cas(bucket, &head, slot + 1));
+        sh->nodes[slot].next = head;
+    } while (!__atomic_compare_exchange_n(bucket, &head, slot + 1, 0,
+                                          __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
+
+    if (__atomic_load_n(&sh->swept, __ATOMIC_SEQ_CST) < tick) {
+        return;
+    }
+
+    late = ngx_presence_load(&sh->late);
+
+    while (tick < late
+           && !__atomic_compare_exchange_n(&sh->late, &late, tick, 0,
+                                           __ATOMIC_SEQ_CST,
+                                           __ATOMIC_SEQ_CST))
+    { /* void */ }
+}
+
+
+/* the full tick of a 24-bit deadline, the one nearest to "now" */
+
+static uint64_t
+ngx_presence_tick_of(uint32_t deadline, uint64_t now)
+{
+    int32_t  d;
+
+    d = (int32_t) ((deadline - (uint32_t) now) << 8) >> 8;
+
+    return now + d;
 }
 
 
@@ -408,13 +459,12 @@ ngx_presence_notify(ngx_presence_table_t *table, ngx_presence_node_t *node,
 
 
 /*
- * Looks at one node taken off the wheel (requeue) or met by the audit:
- * expires it if its deadline passed, or puts it back on the wheel.
+ * Looks at one node taken off the wheel, or lost off it and met by the
+ * audit: expires it if its deadline passed, or puts it back on the wheel.
  */
 
 static ngx_uint_t
-ngx_presence_expire(ngx_presence_table_t *table, uint32_t slot, uint32_t tick,
-    ngx_uint_t requeue)
+ngx_presence_expire(ngx_presence_table_t *table, uint32_t slot, uint32_t tick)
 {
     uint32_t              fl, seq;
     uint64_t              old, new;
@@ -430,10 +480,7 @@ ngx_presence_expire(ngx_presence_table_t *table, uint32_t slot, uint32_t tick,
         if ((fl & NGX_PRESENCE_ACTIVE)
             && !ngx_presence_passed(ngx_presence_deadline(old), tick))
         {
-            if (requeue) {
-                ngx_presence_push(table, slot, ngx_presence_deadline(old));
-            }
-
+            ngx_presence_push(table, slot, ngx_presence_deadline(old));
             return 0;
         }
 
@@ -506,7 +553,7 @@ ngx_uint_t
 ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 {
     uint32_t               slot, next, tick24, i, n;
-    uint64_t               now, t, s;
+    uint64_t               now, t, s, late, last, end;
     ngx_uint_t             expired;
     ngx_presence_shctx_t  *sh;
 
@@ -519,31 +566,50 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
     now = ngx_current_msec / NGX_PRESENCE_TICK;
     expired = 0;
 
-    t = sh->swept;
+    /*
+     * From the tick after the last one swept, or from an earlier one that
+     * a push hinted at: it landed in a bucket while the sweeper was taking
+     * it.  Never backwards: a worker whose clock lags sweeps only hints.
+     */
 
-    if (now - t > NGX_PRESENCE_WHEEL) {
+    late = __atomic_exchange_n(&sh->late, NGX_PRESENCE_NO_TICK,
+                               __ATOMIC_SEQ_CST);
+    last = ngx_presence_load(&sh->swept);
+    t = ngx_min(last, late - 1);
+    end = ngx_max(now, last);
+
+    if (end - t > NGX_PRESENCE_WHEEL) {
         /* fell behind by a whole turn: every bucket once is enough */
-        t = now - NGX_PRESENCE_WHEEL;
+        t = end - NGX_PRESENCE_WHEEL;
     }
 
     tick24 = (uint32_t) now & NGX_PRESENCE_DEADLINE_MASK;
 
-    while (t < now) {
+    while (t < end) {
         t++;
 
+        if (t > last) {
+            /* before the bucket is taken: see ngx_presence_push() */
+            __atomic_store_n(&sh->swept, t, __ATOMIC_SEQ_CST);
+        }
+
         slot = __atomic_exchange_n(&sh->wheel[t & (NGX_PRESENCE_WHEEL - 1)],
-                                   0, __ATOMIC_ACQ_REL);
+                                   0, __ATOMIC_SEQ_CST);
 
         while (slot) {
             next = sh->nodes[slot - 1].next;
-            expired += ngx_presence_expire(table, slot - 1, tick24, 1);
+            expired += ngx_presence_expire(table, slot - 1, tick24);
             slot = next;
         }
     }
 
-    sh->swept = now;
-
-    /* the audit: active nodes long past their deadline are orphans */
+    /*
+     * The audit.  A node queued for a tick a whole turn of the wheel (and
+     * a grace) ago was in a bucket that has been taken since: if it is
+     * still marked queued, the sweeper that took it was killed before it
+     * got to the node.  It is in no list, so it is safe to expire it or
+     * queue it again.
+     */
 
     n = ngx_max(NGX_PRESENCE_AUDIT_MIN, sh->capacity / NGX_PRESENCE_AUDIT_TICKS);
     n = ngx_min(n, sh->capacity);
@@ -553,16 +619,16 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
         if (sh->nodes[i].id) {
             s = ngx_presence_load(&sh->nodes[i].state);
 
-            if ((ngx_presence_flags(s) & NGX_PRESENCE_ACTIVE)
-                && ngx_presence_passed(ngx_presence_deadline(s)
-                                       + NGX_PRESENCE_AUDIT_GRACE, tick24))
+            if ((ngx_presence_flags(s) & NGX_PRESENCE_QUEUED)
+                && (int32_t) ((uint32_t) now - sh->nodes[i].queued)
+                   > NGX_PRESENCE_WHEEL + NGX_PRESENCE_AUDIT_GRACE)
             {
                 ngx_log_error(NGX_LOG_WARN, table->log, 0,
                               "presence zone \"%V\": user %uD was lost "
-                              "off the wheel, expiring it",
+                              "off the wheel, taking it back",
                               &table->name, sh->nodes[i].id);
 
-                expired += ngx_presence_expire(table, i, tick24, 0);
+                expired += ngx_presence_expire(table, i, tick24);
             }
         }
 
@@ -611,5 +677,7 @@ ngx_presence_counters_sum(ngx_presence_table_t *table,
         sum->to_offline += ngx_presence_load(&c->to_offline);
         sum->full += ngx_presence_load(&c->full);
         sum->published += ngx_presence_load(&c->published);
+        sum->dropped += ngx_presence_load(&c->dropped);
+        sum->publish_errors += ngx_presence_load(&c->publish_errors);
     }
 }

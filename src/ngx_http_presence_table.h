@@ -32,6 +32,9 @@
 #define NGX_PRESENCE_QUEUED          0x04   /* linked in a wheel bucket */
 #define NGX_PRESENCE_DIRTY           0x08   /* changed since last sync */
 
+/* changes with the layout of the zone: a reload cannot reuse another */
+#define NGX_PRESENCE_MAGIC           0x70726573656e0002ULL
+
 /* the slot load factor is kept at or below 4/5 */
 #define NGX_PRESENCE_LOAD_NUM        4
 #define NGX_PRESENCE_LOAD_DEN        5
@@ -55,7 +58,7 @@ typedef struct {
     uint64_t                    state;
     uint64_t                    last_seen;   /* ms since the epoch, 0: never */
     uint32_t                    streams;     /* open event streams */
-    uint32_t                    reserved;
+    uint32_t                    queued;      /* tick of the bucket it is in */
 } ngx_presence_node_t;
 
 
@@ -65,8 +68,10 @@ typedef struct {
     uint64_t                    to_online;
     uint64_t                    to_offline;
     uint64_t                    full;
-    uint64_t                    published;
-    uint64_t                    pad[3];
+    uint64_t                    published;   /* events nchan took */
+    uint64_t                    dropped;     /* events the full queue lost */
+    uint64_t                    publish_errors;
+    uint64_t                    pad[1];
 } ngx_presence_counters_t;
 
 
@@ -76,7 +81,9 @@ typedef struct {
     ngx_atomic_t                tracked;
     ngx_atomic_t                online;      /* visibly online users */
     ngx_atomic_t                sweep_lock;  /* pid of the sweeper, 0: none */
+    uint64_t                    magic;       /* layout of this struct */
     uint64_t                    swept;       /* last tick swept */
+    uint64_t                    late;        /* a tick to sweep again */
     uint32_t                    audit;       /* next slot the audit visits */
     uint32_t                    reserved;
     uint64_t                    created;     /* ms since the epoch */
