@@ -17,6 +17,7 @@
 #include "ngx_http_presence_auth.h"
 #include "ngx_http_presence_subs.h"
 #include "ngx_http_presence_pg.h"
+#include "ngx_http_presence_events.h"
 
 
 /* request bodies larger than this are 413 */
@@ -32,6 +33,10 @@
 #define NGX_HTTP_PRESENCE_METRICS       3
 #define NGX_HTTP_PRESENCE_USERS         4
 #define NGX_HTTP_PRESENCE_SUBSCRIPTIONS 5
+#define NGX_HTTP_PRESENCE_EVENTS_AUTH   6
+
+/* an event stream multiplexes at most this many channels (nchan's limit) */
+#define NGX_HTTP_PRESENCE_EVENTS_IDS_MAX  255
 
 /* what the gate says of an id */
 #define NGX_HTTP_PRESENCE_NOT_SUBSCRIBED  0
@@ -47,6 +52,8 @@ typedef struct {
     ngx_http_presence_pg_pool_t  *pg;         /* NULL: no users database */
     ngx_shm_zone_t             *subs_zone;    /* the subscription cache */
     ngx_presence_subs_t         subs;
+
+    ngx_presence_events_t      *events;       /* NULL: no presence_publish */
 } ngx_http_presence_main_conf_t;
 
 
@@ -107,6 +114,11 @@ ngx_int_t ngx_http_presence_gate(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx);
 
 ngx_presence_table_t *ngx_http_presence_table(ngx_http_request_t *r);
+
+ngx_int_t ngx_http_presence_parse_ids(ngx_http_request_t *r, ngx_str_t *arg,
+    ngx_uint_t max, uint32_t **ids, ngx_uint_t *n);
+ngx_int_t ngx_http_presence_channels_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 
 ngx_int_t ngx_http_presence_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message);

@@ -40,6 +40,12 @@ static u_char *ngx_http_presence_status_json(u_char *p,
     ngx_presence_table_t *table, uint32_t id);
 static ngx_presence_node_t *ngx_http_presence_node(ngx_http_request_t *r,
     ngx_presence_table_t *table, uint32_t id);
+static ngx_int_t ngx_http_presence_events_auth(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf);
+static void ngx_http_presence_events_auth_done(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+static ngx_int_t ngx_http_presence_events_auth_send(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
 
 
 /*
@@ -58,6 +64,10 @@ ngx_http_presence_handler(ngx_http_request_t *r)
 
     if (plcf->endpoint == NGX_HTTP_PRESENCE_HEARTBEAT) {
         return ngx_http_presence_heartbeat_handler(r, plcf);
+    }
+
+    if (plcf->endpoint == NGX_HTTP_PRESENCE_EVENTS_AUTH) {
+        return ngx_http_presence_events_auth(r, plcf);
     }
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
@@ -368,9 +378,9 @@ ngx_http_presence_status_one(ngx_http_request_t *r, uint32_t uid,
 static ngx_int_t
 ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
 {
-    u_char      *p, *last, *comma, *dst;
-    uint32_t     id, *list;
-    ngx_str_t    arg, ids;
+    uint32_t    *list;
+    ngx_int_t    rc;
+    ngx_str_t    arg;
     ngx_uint_t   n;
 
     if (ngx_http_arg(r, (u_char *) "ids", 3, &arg) != NGX_OK || arg.len == 0) {
@@ -378,20 +388,56 @@ ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
                                        "the ids parameter is required");
     }
 
-    ids.data = ngx_pnalloc(r->pool, arg.len);
-    if (ids.data == NULL) {
+    rc = ngx_http_presence_parse_ids(r, &arg, NGX_HTTP_PRESENCE_IDS_MAX,
+                                     &list, &n);
+
+    if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    dst = ids.data;
-    p = arg.data;
-    ngx_unescape_uri(&dst, &p, arg.len, 0);
-    ids.len = dst - ids.data;
+    if (rc == NGX_DECLINED) {
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "ids must be a comma-separated "
+                                       "list of user ids");
+    }
+
+    if (rc == NGX_BUSY) {
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "at most 1000 ids per request");
+    }
+
+    return ngx_http_presence_status_gate(r, uid, list, n, 0);
+}
+
+
+/*
+ * A comma-separated list of ids, URI-escaped or not.  NGX_DECLINED: not a
+ * list of valid ids, NGX_BUSY: more than max of them.
+ */
+
+ngx_int_t
+ngx_http_presence_parse_ids(ngx_http_request_t *r, ngx_str_t *arg,
+    ngx_uint_t max, uint32_t **ids, ngx_uint_t *pn)
+{
+    u_char      *p, *last, *comma, *dst;
+    uint32_t     id, *list;
+    ngx_str_t    s;
+    ngx_uint_t   n;
+
+    s.data = ngx_pnalloc(r->pool, arg->len);
+    if (s.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst = s.data;
+    p = arg->data;
+    ngx_unescape_uri(&dst, &p, arg->len, 0);
+    s.len = dst - s.data;
 
     /* validate all ids first: a bad list is one 400, not a partial answer */
 
-    p = ids.data;
-    last = ids.data + ids.len;
+    p = s.data;
+    last = s.data + s.len;
     n = 0;
 
     while (p <= last) {
@@ -401,16 +447,11 @@ ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
         }
 
         if (ngx_http_presence_parse_id(p, comma - p, &id) != NGX_OK) {
-            return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST,
-                                           "bad_request",
-                                           "ids must be a comma-separated "
-                                           "list of user ids");
+            return NGX_DECLINED;
         }
 
-        if (++n > NGX_HTTP_PRESENCE_IDS_MAX) {
-            return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST,
-                                           "bad_request",
-                                           "at most 1000 ids per request");
+        if (++n > max) {
+            return NGX_BUSY;
         }
 
         p = comma + 1;
@@ -418,12 +459,12 @@ ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
 
     list = ngx_palloc(r->pool, n * sizeof(uint32_t));
     if (list == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     n = 0;
 
-    for (p = ids.data; p <= last; p = comma + 1) {
+    for (p = s.data; p <= last; p = comma + 1) {
         comma = ngx_strlchr(p, last, ',');
         if (comma == NULL) {
             comma = last;
@@ -432,7 +473,173 @@ ngx_http_presence_status_many(ngx_http_request_t *r, uint32_t uid)
         (void) ngx_http_presence_parse_id(p, comma - p, &list[n++]);
     }
 
-    return ngx_http_presence_status_gate(r, uid, list, n, 0);
+    *ids = list;
+    *pn = n;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The authorization request of nchan's /v1/events subscriber, with the
+ * stream's arguments and headers: 204 when the caller subscribes to every
+ * id of "ids" (or is it), 403 otherwise, 401 without a valid token, from
+ * "?token=" or the Authorization header.  nchan 1.3.6 crashes when its
+ * authorize request is answered inside its own subrequest without an
+ * upstream, so nchan_authorize_request points at a proxy_pass location
+ * that reaches this handler over the publisher's unix socket.
+ */
+
+static ngx_int_t
+ngx_http_presence_events_auth(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf)
+{
+    char                     *reason;
+    uint32_t                  uid, *list;
+    ngx_int_t                 rc;
+    ngx_str_t                 arg, token;
+    ngx_uint_t                n;
+    ngx_http_presence_ctx_t  *ctx;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_presence_not_allowed(r, "GET, HEAD");
+    }
+
+    if (ngx_http_arg(r, (u_char *) "token", 5, &token) == NGX_OK
+        && token.len)
+    {
+        if (plcf->secret.data == NULL
+            || ngx_http_presence_jwt_verify(&plcf->secret, &token, ngx_time(),
+                                            &uid, &reason)
+               != NGX_OK)
+        {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "presence events: unauthorized: %s",
+                           plcf->secret.data ? reason : "no secret");
+
+            return ngx_http_presence_error(r, NGX_HTTP_UNAUTHORIZED,
+                                           "unauthorized", "invalid token");
+        }
+
+    } else {
+        rc = ngx_http_presence_identify(r, plcf, &uid);
+        if (rc != NGX_OK) {
+            return (rc == NGX_DECLINED) ? NGX_OK : rc;
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "ids", 3, &arg) != NGX_OK || arg.len == 0) {
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "the ids parameter is required");
+    }
+
+    rc = ngx_http_presence_parse_ids(r, &arg,
+                                     NGX_HTTP_PRESENCE_EVENTS_IDS_MAX,
+                                     &list, &n);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "ids must be a comma-separated "
+                                       "list of at most 255 user ids");
+    }
+
+    if (ngx_http_presence_ctx_init(r, &ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->uid = uid;
+    ctx->ids = list;
+    ctx->n = n;
+    ctx->done = ngx_http_presence_events_auth_done;
+
+    rc = ngx_http_presence_gate(r, ctx);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_presence_events_auth_send(r, ctx);
+}
+
+
+static void
+ngx_http_presence_events_auth_done(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_http_presence_finalize(r, ngx_http_presence_events_auth_send(r, ctx));
+}
+
+
+static ngx_int_t
+ngx_http_presence_events_auth_send(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < ctx->n; i++) {
+        if (ctx->allowed[i] != NGX_HTTP_PRESENCE_ALLOWED) {
+            return ngx_http_presence_error(r, NGX_HTTP_FORBIDDEN,
+                                           "not_subscribed",
+                                           "subscribe to every user of "
+                                           "the stream");
+        }
+    }
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+/*
+ * $presence_channels: the nchan channels of the ids in "?ids=",
+ * "presence.1,presence.2"; not found when the list is not valid.
+ */
+
+ngx_int_t
+ngx_http_presence_channels_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char      *p;
+    uint32_t    *list;
+    ngx_str_t    arg;
+    ngx_uint_t   i, n;
+
+    if (ngx_http_arg(r, (u_char *) "ids", 3, &arg) != NGX_OK
+        || ngx_http_presence_parse_ids(r, &arg,
+                                       NGX_HTTP_PRESENCE_EVENTS_IDS_MAX,
+                                       &list, &n)
+           != NGX_OK)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool,
+                    n * (sizeof(NGX_PRESENCE_CHANNEL_PREFIX) + NGX_INT32_LEN));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->data = p;
+
+    for (i = 0; i < n; i++) {
+        p = ngx_sprintf(p, "%s" NGX_PRESENCE_CHANNEL_PREFIX "%uD",
+                        i ? "," : "", list[i]);
+    }
+
+    v->len = p - v->data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
 }
 
 

@@ -35,6 +35,9 @@ static char *ngx_http_presence_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_presence_init_subs_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+static char *ngx_http_presence_publish(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_presence_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
 
@@ -129,6 +132,20 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       0,
       NULL },
 
+    { ngx_string("presence_events_auth"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_EVENTS_AUTH,
+      NULL },
+
+    { ngx_string("presence_publish"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_presence_publish,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("presence_token_ttl"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -141,7 +158,7 @@ static ngx_command_t  ngx_http_presence_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_presence_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_presence_add_variables,       /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
     ngx_http_presence_create_main_conf,    /* create main configuration */
@@ -183,7 +200,16 @@ ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     table = shm_zone->data;
 
     if (otable) {
-        /* a reload: the table goes on as it is */
+        /* a reload: the table goes on as it is, if this module knows it */
+        if (otable->sh->magic != NGX_PRESENCE_MAGIC) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "presence zone \"%V\" was made by another version "
+                          "of the module: restart nginx, or change the "
+                          "zone's size to start an empty one",
+                          &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
+
         table->sh = otable->sh;
         table->shpool = otable->shpool;
         ngx_presence_table_limit(table);
@@ -264,6 +290,13 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
 
     ngx_add_timer(&pmcf->sweeper, pmcf->sweep_interval);
 
+    if (pmcf->events
+        && ngx_presence_events_init_process(pmcf->events, cycle, table)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -278,6 +311,10 @@ ngx_http_presence_exit_process(ngx_cycle_t *cycle)
 
     if (pmcf && pmcf->pg) {
         ngx_http_presence_pg_exit_process(pmcf->pg);
+    }
+
+    if (pmcf && pmcf->events) {
+        ngx_presence_events_exit_process(pmcf->events);
     }
 }
 
@@ -342,7 +379,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     table = pmcf->shm_zone->data;
     ngx_presence_counters_sum(table, &sum);
 
-    len = 2048 + 6 * NGX_ATOMIC_T_LEN;
+    len = 2560 + 9 * NGX_ATOMIC_T_LEN;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -372,6 +409,14 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
         "# HELP presence_events_published_total Events published.\n"
         "# TYPE presence_events_published_total counter\n"
         "presence_events_published_total %uL\n"
+        "# HELP presence_events_dropped_total Events lost to a full "
+        "publish queue.\n"
+        "# TYPE presence_events_dropped_total counter\n"
+        "presence_events_dropped_total %uL\n"
+        "# HELP presence_events_errors_total Publisher failures: "
+        "connections lost, events refused.\n"
+        "# TYPE presence_events_errors_total counter\n"
+        "presence_events_errors_total %uL\n"
         "# HELP presence_zone_full_total New users refused: zone full.\n"
         "# TYPE presence_zone_full_total counter\n"
         "presence_zone_full_total %uL\n",
@@ -379,7 +424,8 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
         (ngx_atomic_uint_t) table->sh->tracked,
         table->sh->max_users,
         pmcf->shm_zone->shm.size,
-        sum.heartbeats, sum.to_online, sum.to_offline, sum.published, sum.full);
+        sum.heartbeats, sum.to_online, sum.to_offline, sum.published,
+        sum.dropped, sum.publish_errors, sum.full);
 
     r->headers_out.content_type_len = sizeof("text/plain; version=0.0.4") - 1;
     ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
@@ -860,6 +906,79 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+/* presence_publish unix:/path/to.sock:/location [queue=N] */
+
+static char *
+ngx_http_presence_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value;
+
+    if (pmcf->events) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = 0;
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strncmp(value[2].data, "queue=", 6) != 0) {
+            goto invalid;
+        }
+
+        n = ngx_atoi(value[2].data + 6, value[2].len - 6);
+        if (n < 1 || n > 10000000) {
+            goto invalid;
+        }
+    }
+
+    pmcf->events = ngx_presence_events_create(cf, &value[1], n);
+    if (pmcf->events == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[2]);
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_http_variable_t  ngx_http_presence_vars[] = {
+
+    { ngx_string("presence_channels"), NULL,
+      ngx_http_presence_channels_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_int_t
+ngx_http_presence_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_presence_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -179,7 +179,19 @@ ngx_http_presence_answer(ngx_http_presence_ctx_t *ctx, ngx_int_t rc)
 void
 ngx_http_presence_finalize(ngx_http_request_t *r, ngx_int_t rc)
 {
+    ngx_connection_t  *c;
+
+    if (r == r->main) {
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    /* a subrequest (nchan's authorization): its parent is posted to run */
+
+    c = r->connection;
+
     ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
 }
 
 

@@ -21,6 +21,7 @@ fi
 
 # load_module needs an absolute path; everything else is prefix-relative
 sed -e "s|@MODULE_DIR@|$PWD/build/modules|g" \
+    -e "s|@PREFIX@|$run|g" \
     -e "s|@PG_DSN@|$PRESENCE_PG_DSN|g" \
     -e "s|@PORT@|$port|g" \
     conf/nginx.conf > "$run/nginx.conf.new"
