@@ -34,6 +34,7 @@
 #define NGX_HTTP_PRESENCE_USERS         4
 #define NGX_HTTP_PRESENCE_SUBSCRIPTIONS 5
 #define NGX_HTTP_PRESENCE_EVENTS_AUTH   6
+#define NGX_HTTP_PRESENCE_STREAM        7
 
 /* an event stream multiplexes at most this many channels (nchan's limit) */
 #define NGX_HTTP_PRESENCE_EVENTS_IDS_MAX  255

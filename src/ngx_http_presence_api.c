@@ -40,6 +40,10 @@ static u_char *ngx_http_presence_status_json(u_char *p,
     ngx_presence_table_t *table, uint32_t id);
 static ngx_presence_node_t *ngx_http_presence_node(ngx_http_request_t *r,
     ngx_presence_table_t *table, uint32_t id);
+static ngx_int_t ngx_http_presence_stream_caller(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf, uint32_t *uid);
+static ngx_int_t ngx_http_presence_stream(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf);
 static ngx_int_t ngx_http_presence_events_auth(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf);
 static void ngx_http_presence_events_auth_done(ngx_http_request_t *r,
@@ -68,6 +72,10 @@ ngx_http_presence_handler(ngx_http_request_t *r)
 
     if (plcf->endpoint == NGX_HTTP_PRESENCE_EVENTS_AUTH) {
         return ngx_http_presence_events_auth(r, plcf);
+    }
+
+    if (plcf->endpoint == NGX_HTTP_PRESENCE_STREAM) {
+        return ngx_http_presence_stream(r, plcf);
     }
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
@@ -481,6 +489,100 @@ ngx_http_presence_parse_ids(ngx_http_request_t *r, ngx_str_t *arg,
 
 
 /*
+ * The caller of an event stream, from "?token=" (browsers' EventSource and
+ * WebSocket cannot set headers) or as elsewhere.  NGX_DECLINED: the 401
+ * is sent.
+ */
+
+static ngx_int_t
+ngx_http_presence_stream_caller(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf, uint32_t *uid)
+{
+    char       *reason;
+    ngx_int_t   rc;
+    ngx_str_t   token;
+
+    if (ngx_http_arg(r, (u_char *) "token", 5, &token) != NGX_OK
+        || token.len == 0)
+    {
+        return ngx_http_presence_identify(r, plcf, uid);
+    }
+
+    if (plcf->secret.data
+        && ngx_http_presence_jwt_verify(&plcf->secret, &token, ngx_time(), uid,
+                                        &reason)
+           == NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "presence events: unauthorized: %s",
+                   plcf->secret.data ? reason : "no secret");
+
+    rc = ngx_http_presence_error(r, NGX_HTTP_UNAUTHORIZED, "unauthorized",
+                                 "invalid token");
+
+    return (rc == NGX_OK || rc == NGX_AGAIN) ? NGX_DECLINED : rc;
+}
+
+
+/*
+ * nchan_subscribe_request and nchan_unsubscribe_request of /v1/events: a
+ * stream opening or closing is a heartbeat of its owner, with this
+ * location's timeout as the lease.  Make it longer than
+ * nchan_subscriber_timeout plus the client's reconnect delay: an open
+ * stream then keeps its owner online, and a stream that died without a
+ * word (half-open TCP, a killed worker) lets it go offline when the lease
+ * ends.  Several streams of one user are one user: heartbeats are
+ * idempotent, and a deadline is never moved back.
+ */
+
+static ngx_int_t
+ngx_http_presence_stream(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf)
+{
+    uint32_t               uid;
+    ngx_int_t              rc;
+    ngx_presence_node_t   *node;
+    ngx_presence_table_t  *table;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_presence_not_allowed(r, "GET, HEAD");
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_presence_stream_caller(r, plcf, &uid);
+    if (rc != NGX_OK) {
+        return (rc == NGX_DECLINED) ? NGX_OK : rc;
+    }
+
+    table = ngx_http_presence_table(r);
+
+    node = ngx_http_presence_node(r, table, uid);
+    if (node == NULL) {
+        return ngx_http_presence_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "unavailable",
+                                       "presence table is full");
+    }
+
+    ngx_presence_heartbeat(table, node, ngx_presence_now_ms(), plcf->timeout,
+                           0);
+    ngx_presence_counters(table)->heartbeats++;
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+/*
  * The authorization request of nchan's /v1/events subscriber, with the
  * stream's arguments and headers: 204 when the caller subscribes to every
  * id of "ids" (or is it), 403 otherwise, 401 without a valid token, from
@@ -494,10 +596,9 @@ static ngx_int_t
 ngx_http_presence_events_auth(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf)
 {
-    char                     *reason;
     uint32_t                  uid, *list;
     ngx_int_t                 rc;
-    ngx_str_t                 arg, token;
+    ngx_str_t                 arg;
     ngx_uint_t                n;
     ngx_http_presence_ctx_t  *ctx;
 
@@ -505,27 +606,9 @@ ngx_http_presence_events_auth(ngx_http_request_t *r,
         return ngx_http_presence_not_allowed(r, "GET, HEAD");
     }
 
-    if (ngx_http_arg(r, (u_char *) "token", 5, &token) == NGX_OK
-        && token.len)
-    {
-        if (plcf->secret.data == NULL
-            || ngx_http_presence_jwt_verify(&plcf->secret, &token, ngx_time(),
-                                            &uid, &reason)
-               != NGX_OK)
-        {
-            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                           "presence events: unauthorized: %s",
-                           plcf->secret.data ? reason : "no secret");
-
-            return ngx_http_presence_error(r, NGX_HTTP_UNAUTHORIZED,
-                                           "unauthorized", "invalid token");
-        }
-
-    } else {
-        rc = ngx_http_presence_identify(r, plcf, &uid);
-        if (rc != NGX_OK) {
-            return (rc == NGX_DECLINED) ? NGX_OK : rc;
-        }
+    rc = ngx_http_presence_stream_caller(r, plcf, &uid);
+    if (rc != NGX_OK) {
+        return (rc == NGX_DECLINED) ? NGX_OK : rc;
     }
 
     if (ngx_http_arg(r, (u_char *) "ids", 3, &arg) != NGX_OK || arg.len == 0) {

@@ -139,6 +139,13 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       NGX_HTTP_PRESENCE_EVENTS_AUTH,
       NULL },
 
+    { ngx_string("presence_stream"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_STREAM,
+      NULL },
+
     { ngx_string("presence_publish"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_presence_publish,

@@ -258,15 +258,17 @@ ngx_presence_deadline_for(ngx_msec_t timeout)
 
 
 /*
- * A heartbeat: the user is active until now + timeout.  "show" also clears
+ * A heartbeat: the user is active until now + timeout, or later if an
+ * earlier heartbeat (an open event stream's, say) said so: a deadline is
+ * never moved back, the wheel could not find it early.  SHOW also clears
  * the invisible flag: coming back from invisible counts as a heartbeat.
  */
 
 void
 ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
-    uint64_t now, ngx_msec_t timeout, ngx_uint_t show)
+    uint64_t now, ngx_msec_t timeout, ngx_uint_t flags)
 {
-    uint32_t  fl, seq, deadline;
+    uint32_t  fl, seq, deadline, dl;
     uint64_t  old, new;
 
     deadline = ngx_presence_deadline_for(timeout);
@@ -275,8 +277,15 @@ ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
     for ( ;; ) {
         fl = ngx_presence_flags(old);
         seq = ngx_presence_seq(old);
+        dl = deadline;
 
-        if (show) {
+        if ((fl & NGX_PRESENCE_ACTIVE)
+            && !ngx_presence_passed(ngx_presence_deadline(old), deadline))
+        {
+            dl = ngx_presence_deadline(old);
+        }
+
+        if (flags & NGX_PRESENCE_SHOW) {
             fl &= ~NGX_PRESENCE_INVISIBLE;
         }
 
@@ -287,7 +296,7 @@ ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
             fl |= NGX_PRESENCE_DIRTY;
         }
 
-        new = ngx_presence_state(seq, deadline,
+        new = ngx_presence_state(seq, dl,
                                  fl | NGX_PRESENCE_ACTIVE
                                     | NGX_PRESENCE_QUEUED);
 
@@ -301,7 +310,7 @@ ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
     }
 
     if (!(ngx_presence_flags(old) & NGX_PRESENCE_QUEUED)) {
-        ngx_presence_push(table, node - table->sh->nodes, deadline);
+        ngx_presence_push(table, node - table->sh->nodes, dl);
     }
 
     if (seq != ngx_presence_seq(old)) {

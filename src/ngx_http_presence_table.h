@@ -142,9 +142,12 @@ ngx_presence_node_t *ngx_presence_table_lookup(ngx_presence_table_t *table,
 ngx_presence_node_t *ngx_presence_table_get(ngx_presence_table_t *table,
     uint32_t id);
 
+/* flags of a heartbeat */
+#define NGX_PRESENCE_SHOW            1      /* visible again (PUT online) */
+
 void ngx_presence_heartbeat(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
-    ngx_uint_t show);
+    ngx_uint_t flags);
 void ngx_presence_hide(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now);
 void ngx_presence_read(ngx_presence_node_t *node, ngx_presence_status_t *st);
