@@ -24,6 +24,7 @@ sed -e "s|@MODULE_DIR@|$PWD/build/modules|g" \
     -e "s|@PREFIX@|$run|g" \
     -e "s|@PG_DSN@|$PRESENCE_PG_DSN|g" \
     -e "s|@PORT@|$port|g" \
+    -e "s|@HTML@|$PWD/conf/html|g" \
     conf/nginx.conf > "$run/nginx.conf.new"
 mv "$run/nginx.conf.new" "$run/nginx.conf"
 
@@ -58,6 +59,8 @@ echo "run: POST /v1/heartbeat as user 1: $code"
 cat <<MSG
 
 presence is running on $url (prefix .run/, logs in .run/logs; make stop stops it)
+
+  $url/                  the demo page (conf/html): open it in two browsers
 
   TOKEN=\$(util/token 7)          # an HS256 token for user 7, signed with .run/secret
   curl -i -X POST -H "Authorization: Bearer \$TOKEN" $url/v1/heartbeat

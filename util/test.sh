@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 util/deps.sh
 util/build.sh
 
+# the browser test's playwright-core (it drives Debian's chromium; no
+# browser is downloaded), from t/browser/package-lock.json
+if [ ! -d t/browser/node_modules/playwright-core ]; then
+    (cd t/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+
 # stop at the end only what this run started (make run may be up)
 started=()
 cleanup() {
