@@ -1,9 +1,9 @@
 # Thin wrappers over util/: make (build), make run / stop, make test
-# [T=t/001-heartbeat.t], make bench (all three benchmarks), or one of
-# bench-heartbeat, bench-table, bench-users.
+# [T=t/001-heartbeat.t], make bench (all the benchmarks), or one of
+# bench-heartbeat, bench-table, bench-users, bench-events.
 
 .PHONY: build deps run stop test bench bench-heartbeat bench-table \
-        bench-users services-start services-stop clean
+        bench-users bench-events services-start services-stop clean
 
 build:
 	util/build.sh
@@ -20,7 +20,7 @@ stop:
 test:
 	T="$(T)" util/test.sh
 
-bench: bench-table bench-heartbeat bench-users
+bench: bench-table bench-heartbeat bench-users bench-events
 
 bench-heartbeat:
 	util/bench/heartbeat
@@ -36,6 +36,9 @@ bench-table: build
 
 bench-users:
 	util/bench/users
+
+bench-events:
+	util/bench/events
 
 services-start:
 	util/services.sh start

@@ -39,6 +39,9 @@
 /* an event stream multiplexes at most this many channels (nchan's limit) */
 #define NGX_HTTP_PRESENCE_EVENTS_IDS_MAX  255
 
+/* nchan's longest channel id, the channels of one stream joined */
+#define NGX_HTTP_PRESENCE_CHANNELS_MAX  1024
+
 /* what the gate says of an id */
 #define NGX_HTTP_PRESENCE_NOT_SUBSCRIBED  0
 #define NGX_HTTP_PRESENCE_ALLOWED         1

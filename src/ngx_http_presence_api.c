@@ -40,6 +40,7 @@ static u_char *ngx_http_presence_status_json(u_char *p,
     ngx_presence_table_t *table, uint32_t id);
 static ngx_presence_node_t *ngx_http_presence_node(ngx_http_request_t *r,
     ngx_presence_table_t *table, uint32_t id);
+static size_t ngx_http_presence_channels_len(uint32_t *list, ngx_uint_t n);
 static ngx_int_t ngx_http_presence_stream_caller(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf, uint32_t *uid);
 static ngx_int_t ngx_http_presence_stream(ngx_http_request_t *r,
@@ -630,6 +631,16 @@ ngx_http_presence_events_auth(ngx_http_request_t *r,
                                        "list of at most 255 user ids");
     }
 
+    if (ngx_http_presence_channels_len(list, n)
+        > NGX_HTTP_PRESENCE_CHANNELS_MAX)
+    {
+        /* nchan would refuse it, with a misleading 403 */
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "too many ids for one stream: their "
+                                       "channels must fit nchan's 1024 "
+                                       "characters; open more streams");
+    }
+
     if (ngx_http_presence_ctx_init(r, &ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -680,9 +691,31 @@ ngx_http_presence_events_auth_send(ngx_http_request_t *r,
 }
 
 
+/* the length of the channel list of these ids, "presence.1,presence.2" */
+
+static size_t
+ngx_http_presence_channels_len(uint32_t *list, ngx_uint_t n)
+{
+    u_char      buf[NGX_INT32_LEN];
+    size_t      len;
+    ngx_uint_t  i;
+
+    len = 0;
+
+    for (i = 0; i < n; i++) {
+        len += (i ? 1 : 0) + sizeof(NGX_PRESENCE_CHANNEL_PREFIX) - 1
+               + (ngx_sprintf(buf, "%uD", list[i]) - buf);
+    }
+
+    return len;
+}
+
+
 /*
  * $presence_channels: the nchan channels of the ids in "?ids=",
- * "presence.1,presence.2"; not found when the list is not valid.
+ * "presence.1,presence.2"; not found when the list is not valid or does
+ * not fit nchan's channel id (nchan would refuse it with a 403 before our
+ * check is asked: the location answers 400 on an empty value).
  */
 
 ngx_int_t
@@ -698,7 +731,9 @@ ngx_http_presence_channels_variable(ngx_http_request_t *r,
         || ngx_http_presence_parse_ids(r, &arg,
                                        NGX_HTTP_PRESENCE_EVENTS_IDS_MAX,
                                        &list, &n)
-           != NGX_OK)
+           != NGX_OK
+        || ngx_http_presence_channels_len(list, n)
+           > NGX_HTTP_PRESENCE_CHANNELS_MAX)
     {
         v->not_found = 1;
         return NGX_OK;

@@ -48,6 +48,10 @@ our $CONFIG = <<'CONF';
     location /v1/status { presence_status; }
     location = /pause { return 204; }
     location = /v1/events {
+        default_type application/json;
+        if ($presence_channels = "") {
+            return 400 '{"error":{"code":"bad_request","message":"too many ids for one stream, or not ids"}}';
+        }
         nchan_subscriber eventsource websocket;
         nchan_channel_id $presence_channels;
         nchan_channel_id_split_delimiter ",";
@@ -121,3 +125,13 @@ GET /v1/status/1001
 bearer(1002)
 --- error_code: 200
 --- response_body_like: "status":"online".*"seq":3
+
+
+
+=== TEST 3: (same nginx) more ids than nchan's 1024-character channel id holds: 400, not a misleading 403
+--- request eval
+["GET /v1/events?ids=" . CORE::join(',', 1000001 .. 1000100) . "&token=" . token(1002)]
+--- more_headers
+Accept: text/event-stream
+--- error_code: 400
+--- response_body_like: "code":"bad_request","message":"too many ids for one stream
