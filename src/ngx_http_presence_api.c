@@ -23,6 +23,8 @@ static ngx_int_t ngx_http_presence_unauthorized(ngx_http_request_t *r,
     char *reason);
 static ngx_int_t ngx_http_presence_heartbeat_handler(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf);
+static ngx_int_t ngx_http_presence_beat(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf, uint32_t uid);
 static ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf, ngx_str_t *rest);
 static ngx_int_t ngx_http_presence_status_one(ngx_http_request_t *r,
@@ -216,30 +218,14 @@ ngx_http_presence_not_allowed(ngx_http_request_t *r, const char *allow)
 }
 
 
-/* POST /v1/heartbeat: the hot path, no body parsing, no store round trip */
+/* a heartbeat of "uid" with this location's timeout, answered 204 */
 
 static ngx_int_t
-ngx_http_presence_heartbeat_handler(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf)
+ngx_http_presence_beat(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf, uint32_t uid)
 {
-    uint32_t               uid;
-    ngx_int_t              rc;
     ngx_presence_node_t   *node;
     ngx_presence_table_t  *table;
-
-    if (r->method != NGX_HTTP_POST) {
-        return ngx_http_presence_not_allowed(r, "POST");
-    }
-
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    rc = ngx_http_presence_identify(r, plcf, &uid);
-    if (rc != NGX_OK) {
-        return (rc == NGX_DECLINED) ? NGX_OK : rc;
-    }
 
     table = ngx_http_presence_table(r);
 
@@ -259,6 +245,33 @@ ngx_http_presence_heartbeat_handler(ngx_http_request_t *r,
     r->header_only = 1;
 
     return ngx_http_send_header(r);
+}
+
+
+/* POST /v1/heartbeat: the hot path, no body parsing, no store round trip */
+
+static ngx_int_t
+ngx_http_presence_heartbeat_handler(ngx_http_request_t *r,
+    ngx_http_presence_loc_conf_t *plcf)
+{
+    uint32_t   uid;
+    ngx_int_t  rc;
+
+    if (r->method != NGX_HTTP_POST) {
+        return ngx_http_presence_not_allowed(r, "POST");
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_presence_identify(r, plcf, &uid);
+    if (rc != NGX_OK) {
+        return (rc == NGX_DECLINED) ? NGX_OK : rc;
+    }
+
+    return ngx_http_presence_beat(r, plcf, uid);
 }
 
 
@@ -543,10 +556,8 @@ static ngx_int_t
 ngx_http_presence_stream(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf)
 {
-    uint32_t               uid;
-    ngx_int_t              rc;
-    ngx_presence_node_t   *node;
-    ngx_presence_table_t  *table;
+    uint32_t   uid;
+    ngx_int_t  rc;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return ngx_http_presence_not_allowed(r, "GET, HEAD");
@@ -562,24 +573,7 @@ ngx_http_presence_stream(ngx_http_request_t *r,
         return (rc == NGX_DECLINED) ? NGX_OK : rc;
     }
 
-    table = ngx_http_presence_table(r);
-
-    node = ngx_http_presence_node(r, table, uid);
-    if (node == NULL) {
-        return ngx_http_presence_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "unavailable",
-                                       "presence table is full");
-    }
-
-    ngx_presence_heartbeat(table, node, ngx_presence_now_ms(), plcf->timeout,
-                           0);
-    ngx_presence_counters(table)->heartbeats++;
-
-    r->headers_out.status = NGX_HTTP_NO_CONTENT;
-    r->headers_out.content_length_n = 0;
-    r->header_only = 1;
-
-    return ngx_http_send_header(r);
+    return ngx_http_presence_beat(r, plcf, uid);
 }
 
 

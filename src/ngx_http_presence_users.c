@@ -26,6 +26,9 @@ static ngx_int_t ngx_http_presence_send_query(ngx_http_request_t *r,
     ngx_str_t *params, ngx_http_presence_pg_handler_pt handler);
 static ngx_http_request_t *ngx_http_presence_answer(
     ngx_http_presence_ctx_t *ctx, ngx_int_t rc);
+static ngx_http_request_t *ngx_http_presence_result(
+    ngx_http_presence_ctx_t *ctx, PGresult *res, ngx_int_t rc,
+    ExecStatusType want);
 static ngx_int_t ngx_http_presence_unavailable(ngx_http_request_t *r);
 static ngx_int_t ngx_http_presence_send_object(ngx_http_request_t *r,
     ngx_uint_t status, json_t *obj);
@@ -213,6 +216,28 @@ ngx_http_presence_failed(ngx_http_request_t *r, PGresult *res)
                   PQresultErrorMessage(res));
 
     return ngx_http_presence_unavailable(r);
+}
+
+
+/*
+ * The request of a query that answered with rows (or a command that
+ * completed), or NULL when the 503 is sent already.
+ */
+
+static ngx_http_request_t *
+ngx_http_presence_result(ngx_http_presence_ctx_t *ctx, PGresult *res,
+    ngx_int_t rc, ExecStatusType want)
+{
+    ngx_http_request_t  *r;
+
+    r = ngx_http_presence_answer(ctx, rc);
+
+    if (r && PQresultStatus(res) != want) {
+        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
+        return NULL;
+    }
+
+    return r;
 }
 
 
@@ -505,13 +530,8 @@ ngx_http_presence_created(void *data, PGresult *res, ngx_int_t rc)
     ngx_http_presence_ctx_t       *ctx = data;
     ngx_http_presence_loc_conf_t  *plcf;
 
-    r = ngx_http_presence_answer(ctx, rc);
+    r = ngx_http_presence_result(ctx, res, rc, PGRES_TUPLES_OK);
     if (r == NULL) {
-        return;
-    }
-
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
         return;
     }
 
@@ -605,13 +625,8 @@ ngx_http_presence_got_user(void *data, PGresult *res, ngx_int_t rc)
     ngx_http_request_t       *r;
     ngx_http_presence_ctx_t  *ctx = data;
 
-    r = ngx_http_presence_answer(ctx, rc);
+    r = ngx_http_presence_result(ctx, res, rc, PGRES_TUPLES_OK);
     if (r == NULL) {
-        return;
-    }
-
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
         return;
     }
 
@@ -741,13 +756,8 @@ ngx_http_presence_found(void *data, PGresult *res, ngx_int_t rc)
     ngx_presence_table_t     *table;
     ngx_http_presence_ctx_t  *ctx = data;
 
-    r = ngx_http_presence_answer(ctx, rc);
+    r = ngx_http_presence_result(ctx, res, rc, PGRES_TUPLES_OK);
     if (r == NULL) {
-        return;
-    }
-
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
         return;
     }
 
@@ -943,13 +953,8 @@ ngx_http_presence_unsubscribed(void *data, PGresult *res, ngx_int_t rc)
     ngx_http_presence_ctx_t        *ctx = data;
     ngx_http_presence_main_conf_t  *pmcf;
 
-    r = ngx_http_presence_answer(ctx, rc);
+    r = ngx_http_presence_result(ctx, res, rc, PGRES_COMMAND_OK);
     if (r == NULL) {
-        return;
-    }
-
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
         return;
     }
 
@@ -976,13 +981,8 @@ ngx_http_presence_listed(void *data, PGresult *res, ngx_int_t rc)
     ngx_presence_table_t     *table;
     ngx_http_presence_ctx_t  *ctx = data;
 
-    r = ngx_http_presence_answer(ctx, rc);
+    r = ngx_http_presence_result(ctx, res, rc, PGRES_TUPLES_OK);
     if (r == NULL) {
-        return;
-    }
-
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
         return;
     }
 
@@ -1087,13 +1087,8 @@ ngx_http_presence_gate_loaded(void *data, PGresult *res, ngx_int_t rc)
     ngx_http_presence_ctx_t         *ctx = data;
     ngx_http_presence_main_conf_t   *pmcf;
 
-    r = ngx_http_presence_answer(ctx, rc);
+    r = ngx_http_presence_result(ctx, res, rc, PGRES_TUPLES_OK);
     if (r == NULL) {
-        return;
-    }
-
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
         return;
     }
 
