@@ -767,22 +767,3 @@ ngx_presence_warm(ngx_presence_table_t *table, uint32_t id,
     return NGX_OK;
 }
 
-
-/* the JSON of a status, as the API and the events have it */
-
-u_char *
-ngx_presence_json(u_char *p, uint32_t id, ngx_uint_t online,
-    uint64_t last_seen, uint32_t seq)
-{
-    p = ngx_sprintf(p, "{\"id\":%uD,\"status\":\"%s\",\"last_seen\":",
-                    id, online ? "online" : "offline");
-
-    if (last_seen) {
-        p = ngx_sprintf(p, "%uL", last_seen);
-
-    } else {
-        p = ngx_cpymem(p, "null", 4);
-    }
-
-    return ngx_sprintf(p, ",\"seq\":%uD}", seq);
-}

@@ -170,8 +170,6 @@ ngx_uint_t ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid);
 ngx_uint_t ngx_presence_pid_lock(ngx_atomic_t *lock, ngx_pid_t pid,
     ngx_log_t *log, ngx_str_t *name, const char *what);
 
-u_char *ngx_presence_json(u_char *p, uint32_t id, ngx_uint_t online,
-    uint64_t last_seen, uint32_t seq);
 
 ngx_presence_counters_t *ngx_presence_counters(ngx_presence_table_t *table);
 void ngx_presence_counters_sum(ngx_presence_table_t *table,
@@ -187,6 +185,25 @@ ngx_presence_now_ms(void)
     tp = ngx_timeofday();
 
     return (uint64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+/* the JSON of a status, as the API, the events and Kafka have it */
+static ngx_inline u_char *
+ngx_presence_json(u_char *p, uint32_t id, ngx_uint_t online,
+    uint64_t last_seen, uint32_t seq)
+{
+    p = ngx_sprintf(p, "{\"id\":%uD,\"status\":\"%s\",\"last_seen\":",
+                    id, online ? "online" : "offline");
+
+    if (last_seen) {
+        p = ngx_sprintf(p, "%uL", last_seen);
+
+    } else {
+        p = ngx_cpymem(p, "null", 4);
+    }
+
+    return ngx_sprintf(p, ",\"seq\":%uD}", seq);
 }
 
 

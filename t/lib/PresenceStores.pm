@@ -14,7 +14,7 @@ use PresenceTest qw(bearer token);
 
 our @EXPORT = qw(api heartbeat self_status wait_for pg_value pg_state
                  redis_cli redis_state metric nginx_kill9 nginx_start now
-                 nap);
+                 nap redis_stop redis_start);
 use Exporter 'import';
 
 my $http = HTTP::Tiny->new(timeout => 5, keep_alive => 0);
@@ -89,6 +89,14 @@ sub redis_state {
     my @v = `redis-cli -p $port HMGET presence:$uid status last_seen seq 2>/dev/null`;
     chomp @v;
     return join ',', @v;
+}
+
+sub redis_stop {
+    system('util/services.sh', 'redis-stop') == 0 or die "redis-stop failed";
+}
+
+sub redis_start {
+    system('util/services.sh', 'redis-start') == 0 or die "redis-start failed";
 }
 
 sub pids {
