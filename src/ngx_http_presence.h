@@ -18,6 +18,7 @@
 #include "ngx_http_presence_subs.h"
 #include "ngx_http_presence_pg.h"
 #include "ngx_http_presence_events.h"
+#include "ngx_http_presence_kafka.h"
 
 
 /* request bodies larger than this are 413 */
@@ -58,6 +59,8 @@ typedef struct {
     ngx_presence_subs_t         subs;
 
     ngx_presence_events_t      *events;       /* NULL: no presence_publish */
+
+    ngx_presence_kafka_t       *kafka;        /* NULL: no presence_kafka */
 } ngx_http_presence_main_conf_t;
 
 

@@ -37,6 +37,8 @@ static ngx_int_t ngx_http_presence_init_subs_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static char *ngx_http_presence_publish(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_presence_kafka(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_presence_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
@@ -149,6 +151,13 @@ static ngx_command_t  ngx_http_presence_commands[] = {
     { ngx_string("presence_publish"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_presence_publish,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_kafka"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_presence_kafka,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -913,6 +922,26 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+/* presence_kafka brokers=host:port[,...] [topic=] [queue=N] [name=value] */
+
+static char *
+ngx_http_presence_kafka(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    if (pmcf->kafka) {
+        return "is duplicate";
+    }
+
+    pmcf->kafka = ngx_presence_kafka_create(cf);
+    if (pmcf->kafka == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
