@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make test [T=t/001-heartbeat.t ...]: installs what is missing, builds,
-# starts the stores the tests use, runs the Test::Nginx suite (or the files
-# in T), stops what it started, and exits with prove's status.  Runs under
-# the real Test::Nginx when it is installed, else under t/runner.
+# starts the stores the tests use (and a Kafka mock broker), runs the
+# Test::Nginx suite (or the files in T), stops what it started, and exits
+# with prove's status.  Runs under the real Test::Nginx when it is
+# installed, else under t/runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ trap cleanup EXIT
 # the tests empty their tables: a database of their own, never make run's
 export PRESENCE_PG_DB=presence_test
 
-for s in pg redis; do
+for s in pg redis kafka; do
     util/services.sh running "$s" || started+=("$s")
     util/services.sh "$s-start"
 done
@@ -41,6 +42,7 @@ export TEST_NGINX_SERVROOT=${TEST_NGINX_SERVROOT:-$PWD/t/servroot}
 export TEST_NGINX_PG_DSN=$PRESENCE_PG_DSN
 export TEST_NGINX_PG_PORT=$PRESENCE_PG_PORT
 export TEST_NGINX_REDIS_PORT=$PRESENCE_REDIS_PORT
+export TEST_NGINX_KAFKA_BROKERS=$PRESENCE_KAFKA_BROKERS
 
 inc=(-I t/lib)
 perl -MTest::Nginx::Socket -e1 2>/dev/null || inc+=(-I t/runner)
