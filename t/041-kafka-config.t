@@ -45,6 +45,7 @@ __DATA__
 
 === TEST 1: a valid configuration starts
 --- http_config
+    presence_zone name=presence size=4m;
     presence_kafka brokers=$TEST_NGINX_KAFKA_BROKERS topic=presence
                    queue=1000 linger.ms=20 compression.codec=lz4;
 --- config
@@ -188,3 +189,14 @@ invalid parameter "idempotent"
 --- must_die
 --- error_log
 "presence_kafka" directive is duplicate
+
+
+
+=== TEST 14: the stores need the presence table
+--- http_config
+    presence_kafka brokers=127.0.0.1:9092;
+--- config
+    location = /t { return 204; }
+--- must_die
+--- error_log
+"presence_redis" and "presence_kafka" need a "presence_zone"
