@@ -60,12 +60,14 @@ if [ "${PRESENCE_ASAN:-1}" = 1 ] && [ -z "${T:-}" ]; then
     PRESENCE_CC_OPT="-O1 -g -fsanitize=address -fno-omit-frame-pointer" \
     PRESENCE_LD_OPT="-fsanitize=address" util/build.sh
 
-    rm -rf "$asan/reports"
-    mkdir -p "$asan/reports"
+    # workers run as nobody when the suite runs as root, and may not reach
+    # into the checkout: the reports go to a folder anyone can write
+    reports=$(mktemp -d /tmp/presence-asan.XXXXXX)
+    chmod 1777 "$reports"
     cat > "$asan/nginx.sh" <<WRAP
 #!/bin/sh
 export LD_PRELOAD=$(gcc -print-file-name=libasan.so)
-export ASAN_OPTIONS=detect_leaks=0:log_path=$asan/reports/asan
+export ASAN_OPTIONS=detect_leaks=0:log_path=$reports/asan
 exec /usr/sbin/nginx "\$@"
 WRAP
     chmod +x "$asan/nginx.sh"
@@ -75,10 +77,11 @@ WRAP
     TEST_NGINX_SERVROOT=$PWD/t/servroot-asan \
         prove "${inc[@]}" -r t
 
-    if ls "$asan/reports"/asan.* >/dev/null 2>&1; then
+    if ls "$reports"/asan.* >/dev/null 2>&1; then
         echo "test: AddressSanitizer reports:"
-        cat "$asan/reports"/asan.*
+        cat "$reports"/asan.*
         exit 1
     fi
+    rm -rf "$reports"
     echo "test: no AddressSanitizer report"
 fi

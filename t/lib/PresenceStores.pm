@@ -14,7 +14,7 @@ use PresenceTest qw(bearer token);
 
 our @EXPORT = qw(api heartbeat self_status wait_for pg_value pg_state
                  redis_cli redis_state metric nginx_kill9 nginx_start now
-                 nap redis_stop redis_start);
+                 nap redis_stop redis_start pg_states redis_states);
 use Exporter 'import';
 
 my $http = HTTP::Tiny->new(timeout => 5, keep_alive => 0);
@@ -72,6 +72,31 @@ sub pg_state {
     return pg_value("SELECT status || ',' || coalesce(round(extract(epoch "
                     . "FROM last_seen) * 1000)::bigint::text, '') FROM users "
                     . "WHERE user_id = $uid");
+}
+
+# { id => "status,last_seen_ms" } of many users, one query
+sub pg_states {
+    my @ids = @_;
+    my %st = map { split /\|/, $_, 2 } split /\n/, pg_value(
+        "SELECT user_id || '|' || status || ',' || coalesce(round(extract("
+        . "epoch FROM last_seen) * 1000)::bigint::text, '') FROM users "
+        . "WHERE user_id IN (" . join(',', @ids) . ")");
+    return \%st;
+}
+
+# { id => "status,last_seen,seq" } of many users, one pipeline
+sub redis_states {
+    my @ids = @_;
+    my $port = $ENV{TEST_NGINX_REDIS_PORT} || 56379;
+    open my $out, '-|', 'sh', '-c', '{ ' . join('', map {
+        "echo 'HMGET presence:$_ status last_seen seq'; " } @ids)
+        . "} | redis-cli -p $port" or die "redis-cli: $!";
+    my @v = <$out>;
+    close $out;
+    chomp @v;
+    my %st;
+    for my $id (@ids) { $st{$id} = join ',', splice @v, 0, 3 }
+    return \%st;
 }
 
 sub redis_cli {
