@@ -1,9 +1,9 @@
 # Thin wrappers over util/: make (build), make run / stop, make test
 # [T=t/001-heartbeat.t], make bench (all the benchmarks), or one of
-# bench-heartbeat, bench-table, bench-users, bench-events.
+# bench-heartbeat, bench-table, bench-users, bench-events, bench-sync.
 
 .PHONY: build deps run stop test bench bench-heartbeat bench-table \
-        bench-users bench-events services-start services-stop clean
+        bench-users bench-events bench-sync services-start services-stop clean
 
 build:
 	util/build.sh
@@ -20,7 +20,7 @@ stop:
 test:
 	T="$(T)" util/test.sh
 
-bench: bench-table bench-heartbeat bench-users bench-events
+bench: bench-table bench-heartbeat bench-users bench-events bench-sync
 
 bench-heartbeat:
 	util/bench/heartbeat
@@ -39,6 +39,10 @@ bench-users:
 
 bench-events:
 	util/bench/events
+
+# 100,000 users online in one burst: until PostgreSQL, Redis, Kafka hold it
+bench-sync:
+	util/bench/sync
 
 services-start:
 	util/services.sh start

@@ -181,6 +181,7 @@ static void ngx_presence_sink_redis_handler(void *data, ngx_int_t rc,
     ngx_uint_t errors);
 static void ngx_presence_sink_done(ngx_presence_sink_t *sk, ngx_int_t rc,
     uint64_t written);
+static void ngx_presence_sink_backoff(ngx_presence_sink_t *sk);
 static void ngx_presence_sink_retry_handler(ngx_event_t *ev);
 
 static void ngx_presence_sync_kafka_drain(ngx_presence_sync_t *sync);
@@ -462,7 +463,9 @@ ngx_presence_sync_stats(ngx_presence_sync_t *sync,
 
     st->dropped = sh->dropped;
     st->warmed = sh->warmed;
-    st->warm_done = sh->warm_done;
+
+    /* without PostgreSQL there is nothing to load */
+    st->warm_done = sh->warm_done || sync->conf.pg == NULL;
 }
 
 
@@ -778,7 +781,18 @@ ngx_presence_sink_pump(ngx_presence_sink_t *sk)
     if (sk->index == NGX_PRESENCE_SINK_REDIS
         && !ngx_presence_redis_ready(sync->conf.redis))
     {
-        /* the adapter connects again by itself; nothing is collected */
+        /*
+         * The adapter connects again by itself; nothing is collected.
+         * Changes waiting for it count as a failed attempt, once a backoff.
+         */
+
+        if (sync->sh->cursor[sk->index]
+            < ngx_presence_sync_load(&sync->sh->head))
+        {
+            sync->sh->errors[sk->index]++;
+            ngx_presence_sink_backoff(sk);
+        }
+
         return;
     }
 
@@ -789,8 +803,12 @@ ngx_presence_sink_pump(ngx_presence_sink_t *sk)
         return;
     }
 
-    rc = (sk->index == NGX_PRESENCE_SINK_PG) ? ngx_presence_sink_send_pg(sk)
-                                             : ngx_presence_sink_send_redis(sk);
+    if (sk->index == NGX_PRESENCE_SINK_PG) {
+        rc = ngx_presence_sink_send_pg(sk);
+
+    } else {
+        rc = ngx_presence_sink_send_redis(sk);
+    }
 
     if (rc != NGX_OK) {
         ngx_presence_sink_done(sk, NGX_ERROR, 0);
@@ -1123,11 +1141,7 @@ ngx_presence_sink_done(ngx_presence_sink_t *sk, ngx_int_t rc,
         sh->scan[sk->index] = sk->scan_from;
         sh->fast[sk->index] = sk->fast_from;
 
-        sk->backoff = sk->backoff ? ngx_min(sk->backoff * 2,
-                                            NGX_PRESENCE_SYNC_BACKOFF_MAX)
-                                  : NGX_PRESENCE_SYNC_BACKOFF;
-
-        ngx_add_timer(&sk->retry, sk->backoff);
+        ngx_presence_sink_backoff(sk);
         return;
     }
 
@@ -1163,6 +1177,17 @@ ngx_presence_sink_done(ngx_presence_sink_t *sk, ngx_int_t rc,
             ngx_post_event(&sync->kick, &ngx_posted_events);
         }
     }
+}
+
+
+static void
+ngx_presence_sink_backoff(ngx_presence_sink_t *sk)
+{
+    sk->backoff = sk->backoff ? ngx_min(sk->backoff * 2,
+                                        NGX_PRESENCE_SYNC_BACKOFF_MAX)
+                              : NGX_PRESENCE_SYNC_BACKOFF;
+
+    ngx_add_timer(&sk->retry, sk->backoff);
 }
 
 

@@ -25,7 +25,9 @@ pg_port=${PRESENCE_PG_PORT:-55432}
 redis_port=${PRESENCE_REDIS_PORT:-56379}
 db=${PRESENCE_PG_DB:-presence}
 dsn="host=127.0.0.1 port=$pg_port dbname=$db user=presence password=presence"
-redis_dir=$PWD/.run/redis
+# a store on another port is another store: a folder of its own
+sfx() { [ "$1" = "$2" ] || echo "-$1"; }
+redis_dir=$PWD/.run/redis$(sfx "$redis_port" 56379)
 kafka_dir=${PRESENCE_KAFKA_DIR:-$PWD/.run/kafka}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
@@ -42,7 +44,7 @@ as_pg() {
 
 # .run/pg, unless the postgres user cannot reach the work tree (a checkout
 # under a private home): then a directory of its own under /tmp
-pg_dir=${PRESENCE_PG_DIR:-$PWD/.run/pg}
+pg_dir=${PRESENCE_PG_DIR:-$PWD/.run/pg$(sfx "$pg_port" 55432)}
 if [ -z "${PRESENCE_PG_DIR:-}" ] && [ "$(id -u)" -eq 0 ]; then
     mkdir -p .run
     runuser -u postgres -- test -x "$PWD/.run" || pg_dir=/tmp/presence-pg-$pg_port
