@@ -1,9 +1,10 @@
 # Thin wrappers over util/: make (build), make run / stop, make test
 # [T=t/001-heartbeat.t], make bench (all the benchmarks), or one of
-# bench-heartbeat, bench-table, bench-users, bench-events.
+# bench-heartbeat, bench-table, bench-users, bench-events; make fuzz
+# [FUZZ_SECONDS=60 FUZZ_TARGETS="ids token"] runs the libFuzzer targets.
 
 .PHONY: build deps run stop test bench bench-heartbeat bench-table \
-        bench-users bench-events services-start services-stop clean
+        bench-users bench-events services-start services-stop fuzz clean
 
 build:
 	util/build.sh
@@ -39,6 +40,9 @@ bench-users:
 
 bench-events:
 	util/bench/events
+
+fuzz:
+	util/fuzz.sh
 
 services-start:
 	util/services.sh start
