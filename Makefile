@@ -1,9 +1,12 @@
 # Thin wrappers over util/: make (build), make run / stop, make test
 # [T=t/001-heartbeat.t], make bench (all the benchmarks), or one of
-# bench-heartbeat, bench-table, bench-users, bench-events, bench-sync.
+# bench-heartbeat, bench-table, bench-users, bench-events, bench-sync;
+# make fuzz [FUZZ_SECONDS=60 FUZZ_TARGETS="ids token"] runs the libFuzzer
+# targets.
 
 .PHONY: build deps run stop test bench bench-heartbeat bench-table \
-        bench-users bench-events bench-sync services-start services-stop clean
+        bench-users bench-events bench-sync services-start services-stop \
+        fuzz clean
 
 build:
 	util/build.sh
@@ -43,6 +46,9 @@ bench-events:
 # 100,000 users online in one burst: until PostgreSQL, Redis, Kafka hold it
 bench-sync:
 	util/bench/sync
+
+fuzz:
+	util/fuzz.sh
 
 services-start:
 	util/services.sh start

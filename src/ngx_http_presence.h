@@ -132,6 +132,13 @@ ngx_presence_table_t *ngx_http_presence_table(ngx_http_request_t *r);
 
 ngx_int_t ngx_http_presence_parse_ids(ngx_http_request_t *r, ngx_str_t *arg,
     ngx_uint_t max, uint32_t **ids, ngx_uint_t *n);
+ngx_int_t ngx_http_presence_path_id(ngx_http_request_t *r, ngx_str_t *rest,
+    uint32_t *id);
+ngx_int_t ngx_http_presence_parse_status(ngx_str_t *body, ngx_uint_t *online);
+ngx_int_t ngx_http_presence_parse_user(ngx_pool_t *pool, ngx_str_t *body,
+    ngx_str_t *name);
+ngx_int_t ngx_http_presence_search_args(ngx_http_request_t *r, ngx_str_t *q,
+    ngx_int_t *limit, char **reason);
 ngx_int_t ngx_http_presence_channels_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 

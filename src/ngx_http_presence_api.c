@@ -868,11 +868,10 @@ static void
 ngx_http_presence_status_put(ngx_http_request_t *r)
 {
     uint32_t                       uid;
-    json_t                        *json, *v;
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
     ngx_str_t                      body;
-    const char                    *status;
+    ngx_uint_t                     online;
     ngx_presence_node_t           *node;
     ngx_presence_table_t          *table;
     ngx_http_presence_loc_conf_t  *plcf;
@@ -901,20 +900,7 @@ ngx_http_presence_status_put(ngx_http_request_t *r)
         return;
     }
 
-    json = json_loadb((char *) body.data, body.len, JSON_REJECT_DUPLICATES,
-                      NULL);
-
-    v = json_is_object(json) ? json_object_get(json, "status") : NULL;
-    status = json_is_string(v) ? json_string_value(v) : NULL;
-
-    if (status == NULL
-        || (ngx_strcmp(status, "online") != 0
-            && ngx_strcmp(status, "offline") != 0))
-    {
-        if (json) {
-            json_decref(json);
-        }
-
+    if (ngx_http_presence_parse_status(&body, &online) != NGX_OK) {
         rc = ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
                                      "body must be {\\\"status\\\": "
                                      "\\\"online\\\"|\\\"offline\\\"}");
@@ -926,14 +912,13 @@ ngx_http_presence_status_put(ngx_http_request_t *r)
 
     node = ngx_http_presence_node(r, table, uid);
     if (node == NULL) {
-        json_decref(json);
         rc = ngx_http_presence_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                      "unavailable", "presence table is full");
         ngx_http_finalize_request(r, rc);
         return;
     }
 
-    if (status[1] == 'n') {
+    if (online) {
         ngx_presence_heartbeat(table, node, ngx_presence_now_ms(),
                                plcf->timeout, 1);
         ngx_presence_counters(table)->heartbeats++;
@@ -941,8 +926,6 @@ ngx_http_presence_status_put(ngx_http_request_t *r)
     } else {
         ngx_presence_hide(table, node, ngx_presence_now_ms());
     }
-
-    json_decref(json);
 
     b = ngx_create_temp_buf(r->pool, NGX_PRESENCE_JSON_LEN);
     if (b == NULL) {
@@ -954,6 +937,40 @@ ngx_http_presence_status_put(ngx_http_request_t *r)
 
     ngx_http_finalize_request(r, ngx_http_presence_send_json(r, NGX_HTTP_OK,
                                                              b));
+}
+
+
+/* a PUT /v1/status body; NGX_DECLINED: not one */
+
+ngx_int_t
+ngx_http_presence_parse_status(ngx_str_t *body, ngx_uint_t *online)
+{
+    json_t      *json, *v;
+    ngx_int_t    rc;
+    const char  *status;
+
+    json = json_loadb((char *) body->data, body->len, JSON_REJECT_DUPLICATES,
+                      NULL);
+
+    v = json_is_object(json) ? json_object_get(json, "status") : NULL;
+    status = json_is_string(v) ? json_string_value(v) : NULL;
+
+    rc = NGX_DECLINED;
+
+    if (status && ngx_strcmp(status, "online") == 0) {
+        *online = 1;
+        rc = NGX_OK;
+
+    } else if (status && ngx_strcmp(status, "offline") == 0) {
+        *online = 0;
+        rc = NGX_OK;
+    }
+
+    if (json) {
+        json_decref(json);
+    }
+
+    return rc;
 }
 
 

@@ -300,6 +300,7 @@ ngx_http_presence_jwt_part(u_char *p, size_t len)
 static ngx_int_t
 ngx_http_presence_jwt_time(json_t *claims, const char *name, time_t *t)
 {
+    double   d;
     json_t  *v;
 
     *t = 0;
@@ -314,7 +315,14 @@ ngx_http_presence_jwt_time(json_t *claims, const char *name, time_t *t)
         *t = (time_t) json_integer_value(v);
 
     } else if (json_is_real(v)) {
-        *t = (time_t) json_real_value(v);
+        d = json_real_value(v);
+
+        /* 1e300 is no time: its cast to time_t would be undefined */
+        if (!(d >= 1 && d < (double) NGX_MAX_TIME_T_VALUE)) {
+            return NGX_ERROR;
+        }
+
+        *t = (time_t) d;
 
     } else {
         return NGX_ERROR;

@@ -34,8 +34,6 @@ static ngx_int_t ngx_http_presence_send_object(ngx_http_request_t *r,
     ngx_uint_t status, json_t *obj);
 static void ngx_http_presence_add_status(json_t *obj,
     ngx_presence_table_t *table, uint32_t id, ngx_uint_t seq);
-static ngx_int_t ngx_http_presence_path_id(ngx_http_request_t *r,
-    ngx_str_t *rest, uint32_t *id);
 static ngx_str_t *ngx_http_presence_uint_param(ngx_pool_t *pool,
     uint32_t n);
 static ngx_int_t ngx_http_presence_valid_name(const char *name, size_t len);
@@ -300,7 +298,7 @@ ngx_http_presence_add_status(json_t *obj, ngx_presence_table_t *table,
  * "/..." part ("rest" is empty); NGX_ERROR: not a user id.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_presence_path_id(ngx_http_request_t *r, ngx_str_t *rest,
     uint32_t *id)
 {
@@ -441,10 +439,8 @@ ngx_http_presence_users_handler(ngx_http_request_t *r,
 static void
 ngx_http_presence_create_user(ngx_http_request_t *r)
 {
-    json_t                   *json, *v;
     ngx_int_t                 rc;
     ngx_str_t                 body, *params;
-    const char               *name;
     ngx_http_presence_ctx_t  *ctx;
 
     rc = ngx_http_presence_read_body(r, &body);
@@ -462,20 +458,15 @@ ngx_http_presence_create_user(ngx_http_request_t *r)
         return;
     }
 
-    json = json_loadb((char *) body.data, body.len, JSON_REJECT_DUPLICATES,
-                      NULL);
+    params = ngx_palloc(r->pool, sizeof(ngx_str_t));
+    if (params == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
 
-    v = json_is_object(json) ? json_object_get(json, "name") : NULL;
-    name = json_is_string(v) ? json_string_value(v) : NULL;
+    rc = ngx_http_presence_parse_user(r->pool, &body, params);
 
-    if (name == NULL
-        || ngx_http_presence_valid_name(name, json_string_length(v))
-           != NGX_OK)
-    {
-        if (json) {
-            json_decref(json);
-        }
-
+    if (rc == NGX_DECLINED) {
         ngx_http_finalize_request(r,
             ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
                                     "body must be {\\\"name\\\": \\\"...\\\"}"
@@ -483,23 +474,10 @@ ngx_http_presence_create_user(ngx_http_request_t *r)
         return;
     }
 
-    params = ngx_palloc(r->pool, sizeof(ngx_str_t));
-    if (params == NULL) {
-        json_decref(json);
+    if (rc != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
-
-    params->len = json_string_length(v);
-    params->data = ngx_pnalloc(r->pool, params->len);
-    if (params->data == NULL) {
-        json_decref(json);
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    ngx_memcpy(params->data, name, params->len);
-    json_decref(json);
 
     /* one statement: a taken name inserts nothing, nothing half-written */
 
@@ -517,6 +495,52 @@ ngx_http_presence_create_user(ngx_http_request_t *r)
 
     /* the body handler's own count */
     ngx_http_finalize_request(r, NGX_DONE);
+}
+
+
+/*
+ * The name of a POST /v1/users body, copied to the pool; NGX_DECLINED: not
+ * such a body.
+ */
+
+ngx_int_t
+ngx_http_presence_parse_user(ngx_pool_t *pool, ngx_str_t *body,
+    ngx_str_t *name)
+{
+    json_t      *json, *v;
+    ngx_int_t    rc;
+    const char  *s;
+
+    json = json_loadb((char *) body->data, body->len, JSON_REJECT_DUPLICATES,
+                      NULL);
+
+    v = json_is_object(json) ? json_object_get(json, "name") : NULL;
+    s = json_is_string(v) ? json_string_value(v) : NULL;
+
+    if (s == NULL
+        || ngx_http_presence_valid_name(s, json_string_length(v)) != NGX_OK)
+    {
+        rc = NGX_DECLINED;
+        goto done;
+    }
+
+    name->len = json_string_length(v);
+    name->data = ngx_pnalloc(pool, name->len);
+    if (name->data == NULL) {
+        rc = NGX_ERROR;
+        goto done;
+    }
+
+    ngx_memcpy(name->data, s, name->len);
+    rc = NGX_OK;
+
+done:
+
+    if (json) {
+        json_decref(json);
+    }
+
+    return rc;
 }
 
 
@@ -660,9 +684,9 @@ ngx_http_presence_got_user(void *data, PGresult *res, ngx_int_t rc)
 static ngx_int_t
 ngx_http_presence_search(ngx_http_request_t *r, uint32_t uid)
 {
-    u_char                   *dst, *src;
+    char                     *reason;
     ngx_int_t                 rc, limit;
-    ngx_str_t                 arg, *params;
+    ngx_str_t                *params;
     ngx_http_presence_ctx_t  *ctx;
 
     rc = ngx_http_discard_request_body(r);
@@ -675,51 +699,15 @@ ngx_http_presence_search(ngx_http_request_t *r, uint32_t uid)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ngx_http_arg(r, (u_char *) "q", 1, &arg) != NGX_OK || arg.len == 0
-        || arg.len > 4 * NGX_HTTP_PRESENCE_NAME_MAX * 3)
-    {
+    rc = ngx_http_presence_search_args(r, &params[0], &limit, &reason);
+
+    if (rc == NGX_DECLINED) {
         return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
-                                       "q must hold 1 to 255 characters");
+                                       reason);
     }
 
-    params[0].data = ngx_pnalloc(r->pool, arg.len);
-    if (params[0].data == NULL) {
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    /* query strings use "+" for spaces */
-    for (src = arg.data; src < arg.data + arg.len; src++) {
-        if (*src == '+') {
-            *src = ' ';
-        }
-    }
-
-    dst = params[0].data;
-    src = arg.data;
-    ngx_unescape_uri(&dst, &src, arg.len, 0);
-    params[0].len = dst - params[0].data;
-
-    if (params[0].len == 0
-        || ngx_utf8_length(params[0].data, params[0].len) == (size_t) -1
-        || ngx_utf8_length(params[0].data, params[0].len)
-           > NGX_HTTP_PRESENCE_NAME_MAX
-        || ngx_strlchr(params[0].data, params[0].data + params[0].len, '\0'))
-    {
-        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
-                                       "q must hold 1 to 255 characters of "
-                                       "UTF-8");
-    }
-
-    limit = NGX_HTTP_PRESENCE_LIMIT;
-
-    if (ngx_http_arg(r, (u_char *) "limit", 5, &arg) == NGX_OK) {
-        limit = ngx_atoi(arg.data, arg.len);
-
-        if (limit < 1 || limit > NGX_HTTP_PRESENCE_LIMIT_MAX) {
-            return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST,
-                                           "bad_request",
-                                           "limit must be in 1..100");
-        }
     }
 
     params[1] = *ngx_http_presence_uint_param(r->pool, uid);
@@ -742,6 +730,66 @@ ngx_http_presence_search(ngx_http_request_t *r, uint32_t uid)
                    "'%', '\\%'), '_', '\\_') || '%' "
                "ORDER BY u.user_name, u.user_id LIMIT $3",
                3, params, ngx_http_presence_found);
+}
+
+
+/*
+ * The search's "q" and "limit"; NGX_DECLINED: they are not valid ("reason"
+ * says why).  The "+" of "q" are spaces.
+ */
+
+ngx_int_t
+ngx_http_presence_search_args(ngx_http_request_t *r, ngx_str_t *q,
+    ngx_int_t *limit, char **reason)
+{
+    u_char     *dst, *src;
+    ngx_str_t   arg;
+
+    if (ngx_http_arg(r, (u_char *) "q", 1, &arg) != NGX_OK || arg.len == 0
+        || arg.len > 4 * NGX_HTTP_PRESENCE_NAME_MAX * 3)
+    {
+        *reason = "q must hold 1 to 255 characters";
+        return NGX_DECLINED;
+    }
+
+    q->data = ngx_pnalloc(r->pool, arg.len);
+    if (q->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* query strings use "+" for spaces */
+    for (src = arg.data; src < arg.data + arg.len; src++) {
+        if (*src == '+') {
+            *src = ' ';
+        }
+    }
+
+    dst = q->data;
+    src = arg.data;
+    ngx_unescape_uri(&dst, &src, arg.len, 0);
+    q->len = dst - q->data;
+
+    if (q->len == 0
+        || ngx_utf8_length(q->data, q->len) == (size_t) -1
+        || ngx_utf8_length(q->data, q->len) > NGX_HTTP_PRESENCE_NAME_MAX
+        || ngx_strlchr(q->data, q->data + q->len, '\0'))
+    {
+        *reason = "q must hold 1 to 255 characters of UTF-8";
+        return NGX_DECLINED;
+    }
+
+    *limit = NGX_HTTP_PRESENCE_LIMIT;
+
+    if (ngx_http_arg(r, (u_char *) "limit", 5, &arg) == NGX_OK) {
+        *limit = ngx_atoi(arg.data, arg.len);
+
+        if (*limit < 1 || *limit > NGX_HTTP_PRESENCE_LIMIT_MAX) {
+            *reason = "limit must be in 1..100";
+            return NGX_DECLINED;
+        }
+    }
+
+    return NGX_OK;
 }
 
 

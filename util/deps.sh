@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, with apt, the Debian (bookworm) packages that the build, make run,
 # make test and make bench need, and only those that are missing: a second
-# run does nothing, not even apt-get update.
+# run does nothing, not even apt-get update.  Arguments are more packages
+# (make fuzz: clang).
 set -euo pipefail
 
 pkgs=(
@@ -14,6 +15,9 @@ pkgs=(
     libwww-perl libipc-run-perl
     chromium
 )
+
+# more for one command: util/fuzz.sh asks for clang and its runtimes
+pkgs+=("$@")
 
 installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
