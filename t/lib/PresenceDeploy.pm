@@ -38,8 +38,10 @@ sub spew {
     close $out or die "$file: $!";
 }
 
-# docker/nginx-node.conf in $dir: API on 127.0.0.1:$o{port}, metrics and
-# health on the unix socket $dir/metrics.sock.  Returns the file.
+# docker/nginx-node.conf (or $o{src}) in $dir: API on 127.0.0.1:$o{port},
+# metrics and health on the unix socket $dir/metrics.sock (or on
+# 127.0.0.1:$o{metrics_port}); $o{timeout} replaces the 30s heartbeat
+# timeout.  Returns the file.
 sub render_node {
     my (%o) = @_;
     my $dir = $o{dir};
@@ -60,7 +62,9 @@ sub render_node {
     $conf =~ s{\@KAFKA\@}{127.0.0.1:9092}g;
     $conf =~ s{listen\s+8080\b[^;]*;}{listen 127.0.0.1:$o{port};}
         or die "no listen 8080 in the node config";
-    $conf =~ s{listen\s+9145\b[^;]*;}{listen unix:$dir/metrics.sock;}
+    my $metrics = $o{metrics_port} ? "127.0.0.1:$o{metrics_port}"
+                                   : "unix:$dir/metrics.sock";
+    $conf =~ s{listen\s+9145\b[^;]*;}{listen $metrics;}
         or die "no listen 9145 in the node config";
     $conf =~ s{presence_heartbeat_timeout\s+30s;}{presence_heartbeat_timeout $o{timeout};}
         if $o{timeout};
