@@ -79,7 +79,8 @@ sub render_node {
 }
 
 # docker/nginx-lb.conf in $dir: on 127.0.0.1:$o{port}, the nodes
-# presence1 and presence2 at 127.0.0.1:$o{nodes}[0] and [1].
+# presence1 and presence2 at 127.0.0.1:$o{nodes}[0] and [1]; $o{fail_timeout}
+# replaces the time a failed node is left out.
 sub render_lb {
     my (%o) = @_;
     my $dir = $o{dir};
@@ -98,6 +99,8 @@ sub render_lb {
     }
     $conf =~ s{worker_processes\s+auto;}{worker_processes 2;};
     $conf =~ s{worker_connections\s+\d+;}{worker_connections 1024;};
+    $conf =~ s{fail_timeout=\w+}{fail_timeout=$o{fail_timeout}}g
+        if $o{fail_timeout};
 
     spew("$dir/nginx.conf", $conf);
     return "$dir/nginx.conf";
