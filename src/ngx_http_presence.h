@@ -18,6 +18,9 @@
 #include "ngx_http_presence_subs.h"
 #include "ngx_http_presence_pg.h"
 #include "ngx_http_presence_events.h"
+#include "ngx_http_presence_redis.h"
+#include "ngx_http_presence_kafka.h"
+#include "ngx_http_presence_sync.h"
 
 
 /* request bodies larger than this are 413 */
@@ -58,6 +61,14 @@ typedef struct {
     ngx_presence_subs_t         subs;
 
     ngx_presence_events_t      *events;       /* NULL: no presence_publish */
+
+    ngx_presence_redis_t       *redis;        /* NULL: no presence_redis */
+    ngx_presence_kafka_t       *kafka;        /* NULL: no presence_kafka */
+    ngx_presence_sync_t        *sync;         /* NULL: no store to write */
+    ngx_msec_t                  sync_interval;
+    ngx_msec_t                  pg_refresh;
+    ngx_uint_t                  sync_queue;
+    ngx_msec_t                  min_timeout;  /* shortest heartbeat timeout */
 } ngx_http_presence_main_conf_t;
 
 

@@ -13,12 +13,6 @@
 #include "ngx_http_presence.h"
 
 
-/* {"id":2147483647,"status":"offline","last_seen":...,"seq":4294967295} */
-#define NGX_HTTP_PRESENCE_STATUS_LEN                                          \
-    (sizeof("{\"id\":,\"status\":\"offline\",\"last_seen\":,\"seq\":}") - 1   \
-     + 10 + NGX_INT64_LEN + 10)
-
-
 static ngx_int_t ngx_http_presence_unauthorized(ngx_http_request_t *r,
     char *reason);
 static ngx_int_t ngx_http_presence_heartbeat_handler(ngx_http_request_t *r,
@@ -646,7 +640,8 @@ ngx_http_presence_events_auth(ngx_http_request_t *r,
 
     rc = ngx_http_presence_gate(r, ctx);
 
-    if (rc != NGX_OK) {
+    if (rc != NGX_OK || r->header_sent) {
+        /* waits for the database, or answered already (a 503) */
         return rc;
     }
 
@@ -776,7 +771,8 @@ ngx_http_presence_status_gate(ngx_http_request_t *r, uint32_t uid,
 
     rc = ngx_http_presence_gate(r, ctx);
 
-    if (rc != NGX_OK) {
+    if (rc != NGX_OK || r->header_sent) {
+        /* waits for the database, or answered already (a 503) */
         return rc;
     }
 
@@ -815,7 +811,7 @@ ngx_http_presence_status_send(ngx_http_request_t *r,
                                            "its status");
         }
 
-        b = ngx_create_temp_buf(r->pool, NGX_HTTP_PRESENCE_STATUS_LEN);
+        b = ngx_create_temp_buf(r->pool, NGX_PRESENCE_JSON_LEN);
         if (b == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -827,7 +823,7 @@ ngx_http_presence_status_send(ngx_http_request_t *r,
 
     b = ngx_create_temp_buf(r->pool,
                             sizeof("{\"statuses\":[]}")
-                            + ctx->n * (NGX_HTTP_PRESENCE_STATUS_LEN + 1));
+                            + ctx->n * (NGX_PRESENCE_JSON_LEN + 1));
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -948,7 +944,7 @@ ngx_http_presence_status_put(ngx_http_request_t *r)
 
     json_decref(json);
 
-    b = ngx_create_temp_buf(r->pool, NGX_HTTP_PRESENCE_STATUS_LEN);
+    b = ngx_create_temp_buf(r->pool, NGX_PRESENCE_JSON_LEN);
     if (b == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -1038,17 +1034,7 @@ ngx_http_presence_status_json(u_char *p, ngx_presence_table_t *table,
 
     ngx_presence_read(node, &st);
 
-    p = ngx_sprintf(p, "{\"id\":%uD,\"status\":\"%s\",\"last_seen\":",
-                    id, st.online ? "online" : "offline");
-
-    if (st.last_seen) {
-        p = ngx_sprintf(p, "%uL", st.last_seen);
-
-    } else {
-        p = ngx_cpymem(p, "null", 4);
-    }
-
-    return ngx_sprintf(p, ",\"seq\":%uD}", st.seq);
+    return ngx_presence_json(p, id, st.online, st.last_seen, st.seq);
 }
 
 

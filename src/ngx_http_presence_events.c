@@ -33,11 +33,6 @@
 #define NGX_PRESENCE_EVENTS_BACKOFF_MAX  2000
 
 
-/* {"id":2147483647,"status":"offline","last_seen":...,"seq":4294967295} */
-#define NGX_PRESENCE_EVENTS_JSON_LEN                                          \
-    (sizeof("{\"id\":,\"status\":\"offline\",\"last_seen\":,\"seq\":}") - 1   \
-     + NGX_INT32_LEN + NGX_INT64_LEN + NGX_INT32_LEN)
-
 
 /* response parser states */
 #define NGX_PRESENCE_EV_STATUS        0
@@ -83,8 +78,6 @@ struct ngx_presence_events_s {
 };
 
 
-static void ngx_presence_events_publish(ngx_presence_table_t *table,
-    ngx_presence_change_t *ch);
 static void ngx_presence_events_flush_handler(ngx_event_t *ev);
 static void ngx_presence_events_run(ngx_presence_events_t *pe);
 static ngx_int_t ngx_presence_events_connect(ngx_presence_events_t *pe);
@@ -172,7 +165,7 @@ ngx_presence_events_create(ngx_conf_t *cf, ngx_str_t *url, ngx_uint_t queue)
                              "Content-Length: " CRLF CRLF) - 1
                       + pe->path.len + sizeof(NGX_PRESENCE_CHANNEL_PREFIX)
                       + NGX_INT32_LEN + NGX_SIZE_T_LEN
-                      + NGX_PRESENCE_EVENTS_JSON_LEN;
+                      + NGX_PRESENCE_JSON_LEN;
 
     return pe;
 }
@@ -224,9 +217,6 @@ ngx_presence_events_init_process(ngx_presence_events_t *pe,
 
     pe->backoff = NGX_PRESENCE_EVENTS_BACKOFF;
 
-    table->changed = ngx_presence_events_publish;
-    table->data = pe;
-
     return NGX_OK;
 }
 
@@ -237,8 +227,6 @@ ngx_presence_events_exit_process(ngx_presence_events_t *pe)
     if (pe->table == NULL) {
         return;
     }
-
-    pe->table->changed = NULL;
 
     if (pe->flush.posted) {
         ngx_delete_posted_event(&pe->flush);
@@ -261,13 +249,13 @@ ngx_presence_events_queued(ngx_presence_events_t *pe)
 }
 
 
-/* table->changed: queue the change, write it once this loop turn is done */
+/* a change of the table: queued, written once this loop turn is done */
 
-static void
-ngx_presence_events_publish(ngx_presence_table_t *table,
+void
+ngx_presence_events_publish(ngx_presence_events_t *pe,
     ngx_presence_change_t *ch)
 {
-    ngx_presence_events_t  *pe = table->data;
+    ngx_presence_table_t  *table = pe->table;
 
     if (pe->n == pe->max) {
         /* full: the oldest goes; if it was written, its answer is ignored */
@@ -418,7 +406,7 @@ ngx_presence_events_send(ngx_presence_events_t *pe)
 static void
 ngx_presence_events_fill(ngx_presence_events_t *pe)
 {
-    u_char                 *p, json[NGX_PRESENCE_EVENTS_JSON_LEN];
+    u_char                 *p, json[NGX_PRESENCE_JSON_LEN];
     ngx_buf_t              *b;
     ngx_presence_change_t  *ch;
 
@@ -430,17 +418,8 @@ ngx_presence_events_fill(ngx_presence_events_t *pe)
     {
         ch = &pe->ring[(pe->head + pe->sent) % pe->max];
 
-        p = ngx_sprintf(json, "{\"id\":%uD,\"status\":\"%s\",\"last_seen\":",
-                        ch->id, ch->online ? "online" : "offline");
-
-        if (ch->last_seen) {
-            p = ngx_sprintf(p, "%uL", ch->last_seen);
-
-        } else {
-            p = ngx_cpymem(p, "null", 4);
-        }
-
-        p = ngx_sprintf(p, ",\"seq\":%uD}", ch->seq);
+        p = ngx_presence_json(json, ch->id, ch->online, ch->last_seen,
+                              ch->seq);
 
         b->last = ngx_sprintf(b->last,
                               "POST %V" NGX_PRESENCE_CHANNEL_PREFIX "%uD "

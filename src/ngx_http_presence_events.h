@@ -31,6 +31,8 @@ ngx_presence_events_t *ngx_presence_events_create(ngx_conf_t *cf,
 ngx_int_t ngx_presence_events_init_process(ngx_presence_events_t *ev,
     ngx_cycle_t *cycle, ngx_presence_table_t *table);
 void ngx_presence_events_exit_process(ngx_presence_events_t *ev);
+void ngx_presence_events_publish(ngx_presence_events_t *ev,
+    ngx_presence_change_t *ch);
 ngx_uint_t ngx_presence_events_queued(ngx_presence_events_t *ev);
 
 

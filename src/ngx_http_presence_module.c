@@ -10,10 +10,15 @@
 #include "ngx_http_presence.h"
 
 
+#define NGX_HTTP_PRESENCE_SYNC_METRICS_LEN  (2048 + 12 * NGX_INT64_LEN)
+
+
 static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_presence_sweep_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_presence_metrics_handler(ngx_http_request_t *r);
+static u_char *ngx_http_presence_sync_metrics(u_char *p,
+    ngx_presence_sync_t *sync);
 
 static void *ngx_http_presence_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_presence_create_loc_conf(ngx_conf_t *cf);
@@ -37,7 +42,15 @@ static ngx_int_t ngx_http_presence_init_subs_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static char *ngx_http_presence_publish(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_presence_sync_queue(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_presence_store(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_presence_add_variables(ngx_conf_t *cf);
+static char *ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf);
+static ngx_int_t ngx_http_presence_postconfiguration(ngx_conf_t *cf);
+static void ngx_http_presence_changed(ngx_presence_table_t *table,
+    ngx_presence_change_t *ch);
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
 
@@ -153,6 +166,41 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       0,
       NULL },
 
+    { ngx_string("presence_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_presence_store,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_PRESENCE_SINK_REDIS,
+      NULL },
+
+    { ngx_string("presence_kafka"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_presence_store,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_PRESENCE_SINK_KAFKA,
+      NULL },
+
+    { ngx_string("presence_sync_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, sync_interval),
+      NULL },
+
+    { ngx_string("presence_pg_refresh"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, pg_refresh),
+      NULL },
+
+    { ngx_string("presence_sync_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_presence_sync_queue,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("presence_token_ttl"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -166,10 +214,10 @@ static ngx_command_t  ngx_http_presence_commands[] = {
 
 static ngx_http_module_t  ngx_http_presence_module_ctx = {
     ngx_http_presence_add_variables,       /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_presence_postconfiguration,   /* postconfiguration */
 
     ngx_http_presence_create_main_conf,    /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_presence_init_main_conf,      /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -304,7 +352,36 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (pmcf->sync
+        && ngx_presence_sync_init_process(pmcf->sync, cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (pmcf->events || pmcf->sync) {
+        table->changed = ngx_http_presence_changed;
+        table->data = pmcf;
+    }
+
     return NGX_OK;
+}
+
+
+/* table->changed: every change goes to the subscribers and to the stores */
+
+static void
+ngx_http_presence_changed(ngx_presence_table_t *table,
+    ngx_presence_change_t *ch)
+{
+    ngx_http_presence_main_conf_t  *pmcf = table->data;
+
+    if (pmcf->events) {
+        ngx_presence_events_publish(pmcf->events, ch);
+    }
+
+    if (pmcf->sync) {
+        ngx_presence_sync_append(pmcf->sync, ch);
+    }
 }
 
 
@@ -316,11 +393,22 @@ ngx_http_presence_exit_process(ngx_cycle_t *cycle)
     pmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_presence_module);
 
+    if (pmcf && pmcf->sync) {
+        /* first: Kafka's bounded flush, the lock */
+        ngx_presence_sync_exit_process(pmcf->sync);
+    }
+
     if (pmcf && pmcf->pg) {
         ngx_http_presence_pg_exit_process(pmcf->pg);
     }
 
-    if (pmcf && pmcf->events) {
+    if (pmcf == NULL || pmcf->shm_zone == NULL) {
+        return;
+    }
+
+    ((ngx_presence_table_t *) pmcf->shm_zone->data)->changed = NULL;
+
+    if (pmcf->events) {
         ngx_presence_events_exit_process(pmcf->events);
     }
 }
@@ -386,7 +474,8 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     table = pmcf->shm_zone->data;
     ngx_presence_counters_sum(table, &sum);
 
-    len = 2560 + 9 * NGX_ATOMIC_T_LEN;
+    len = 2560 + 9 * NGX_ATOMIC_T_LEN
+          + NGX_HTTP_PRESENCE_SYNC_METRICS_LEN;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -434,11 +523,71 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
         sum.heartbeats, sum.to_online, sum.to_offline, sum.published,
         sum.dropped, sum.publish_errors, sum.full);
 
+    if (pmcf->sync) {
+        b->last = ngx_http_presence_sync_metrics(b->last, pmcf->sync);
+    }
+
     r->headers_out.content_type_len = sizeof("text/plain; version=0.0.4") - 1;
     ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
     r->headers_out.content_type_lowcase = NULL;
 
     return ngx_http_presence_send_json(r, NGX_HTTP_OK, b);
+}
+
+
+static u_char *
+ngx_http_presence_sync_metrics(u_char *p, ngx_presence_sync_t *sync)
+{
+    ngx_uint_t                  i;
+    ngx_presence_sync_stats_t   st;
+
+    static const char  *sinks[] = { "postgres", "redis", "kafka" };
+
+    ngx_presence_sync_stats(sync, &st);
+
+    p = ngx_cpymem(p, "# HELP presence_sync_queue Changes not yet written "
+                      "to a store.\n"
+                      "# TYPE presence_sync_queue gauge\n",
+                   sizeof("# HELP presence_sync_queue Changes not yet written "
+                          "to a store.\n"
+                          "# TYPE presence_sync_queue gauge\n") - 1);
+
+    for (i = 0; i < NGX_PRESENCE_SINKS; i++) {
+        p = ngx_sprintf(p, "presence_sync_queue{sink=\"%s\"} %uL\n",
+                        sinks[i], st.sink[i].queued);
+    }
+
+    p = ngx_sprintf(p, "# HELP presence_sync_written_total Rows (postgres), "
+                       "commands (redis), messages (kafka) written.\n"
+                       "# TYPE presence_sync_written_total counter\n");
+
+    for (i = 0; i < NGX_PRESENCE_SINKS; i++) {
+        p = ngx_sprintf(p, "presence_sync_written_total{sink=\"%s\"} %uL\n",
+                        sinks[i], st.sink[i].written);
+    }
+
+    p = ngx_sprintf(p, "# HELP presence_sync_errors_total Batches "
+                       "(postgres, redis) or messages (kafka) that failed.\n"
+                       "# TYPE presence_sync_errors_total counter\n");
+
+    for (i = 0; i < NGX_PRESENCE_SINKS; i++) {
+        p = ngx_sprintf(p, "presence_sync_errors_total{sink=\"%s\"} %uL\n",
+                        sinks[i], st.sink[i].errors);
+    }
+
+    return ngx_sprintf(p,
+        "# HELP presence_sync_dropped_total Changes lost to a full ring "
+        "(Kafka's; the others catch up by a scan).\n"
+        "# TYPE presence_sync_dropped_total counter\n"
+        "presence_sync_dropped_total %uL\n"
+        "# HELP presence_warm_users Users whose last_seen the warm start "
+        "loaded.\n"
+        "# TYPE presence_warm_users gauge\n"
+        "presence_warm_users %uL\n"
+        "# HELP presence_warm_done 1 once the warm start is over.\n"
+        "# TYPE presence_warm_done gauge\n"
+        "presence_warm_done %ui\n",
+        st.dropped, st.warmed, st.warm_done);
 }
 
 
@@ -459,8 +608,75 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
      */
 
     pmcf->sweep_interval = NGX_PRESENCE_TICK;
+    pmcf->sync_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->pg_refresh = NGX_CONF_UNSET_MSEC;
+    pmcf->sync_queue = NGX_CONF_UNSET_UINT;
+    pmcf->min_timeout = NGX_CONF_UNSET_MSEC;
 
     return pmcf;
+}
+
+
+static char *
+ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_conf_init_msec_value(pmcf->sync_interval, 1000);
+    ngx_conf_init_msec_value(pmcf->pg_refresh, 300000);
+    ngx_conf_init_uint_value(pmcf->sync_queue, NGX_PRESENCE_SYNC_QUEUE);
+
+    if (pmcf->sync_interval == 0 || pmcf->pg_refresh == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_sync_interval\" and "
+                           "\"presence_pg_refresh\" must not be 0");
+        return NGX_CONF_ERROR;
+    }
+
+    if ((pmcf->redis || pmcf->kafka) && pmcf->shm_zone == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_redis\" and \"presence_kafka\" need "
+                           "a \"presence_zone\"");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* after the locations are merged: their shortest heartbeat timeout is known */
+
+static ngx_int_t
+ngx_http_presence_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_presence_sync_conf_t        sc;
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
+
+    if (pmcf->shm_zone == NULL
+        || (pmcf->pg == NULL && pmcf->redis == NULL && pmcf->kafka == NULL))
+    {
+        return NGX_OK;
+    }
+
+    sc.table_zone = pmcf->shm_zone;
+    sc.pg = pmcf->pg;
+    sc.redis = pmcf->redis;
+    sc.kafka = pmcf->kafka;
+    sc.interval = pmcf->sync_interval;
+    sc.pg_refresh = pmcf->pg_refresh;
+    sc.redis_refresh = (pmcf->min_timeout == NGX_CONF_UNSET_MSEC)
+                       ? 30000 : pmcf->min_timeout;
+    sc.queue = pmcf->sync_queue;
+    sc.tag = &ngx_http_presence_module;
+
+    pmcf->sync = ngx_presence_sync_create(cf, &sc);
+    if (pmcf->sync == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -519,6 +735,13 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
+
+    if ((conf->endpoint == NGX_HTTP_PRESENCE_HEARTBEAT
+         || conf->endpoint == NGX_HTTP_PRESENCE_STREAM)
+        && conf->timeout < pmcf->min_timeout)
+    {
+        pmcf->min_timeout = conf->timeout;
+    }
 
     if (pmcf->shm_zone == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -1083,4 +1306,59 @@ ngx_http_presence_init_subs_zone(ngx_shm_zone_t *shm_zone, void *data)
     shpool->log_nomem = 0;
 
     return NGX_OK;
+}
+
+
+/* presence_sync_queue <n>: changes the ring holds, a power of 2 */
+
+static char *
+ngx_http_presence_sync_queue(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value;
+
+    if (pmcf->sync_queue != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    n = ngx_atoi(value[1].data, value[1].len);
+
+    if (n < 1024 || n > 1 << 28 || (n & (n - 1))) {
+        return "must be a power of 2 from 1024 to 268435456";
+    }
+
+    pmcf->sync_queue = n;
+
+    return NGX_CONF_OK;
+}
+
+
+/* presence_redis ...; presence_kafka ...: their files parse the arguments */
+
+static char *
+ngx_http_presence_store(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    if (cmd->offset == NGX_PRESENCE_SINK_REDIS) {
+
+        if (pmcf->redis) {
+            return "is duplicate";
+        }
+
+        pmcf->redis = ngx_presence_redis_create(cf);
+
+        return pmcf->redis ? NGX_CONF_OK : NGX_CONF_ERROR;
+    }
+
+    if (pmcf->kafka) {
+        return "is duplicate";
+    }
+
+    pmcf->kafka = ngx_presence_kafka_create(cf);
+
+    return pmcf->kafka ? NGX_CONF_OK : NGX_CONF_ERROR;
 }

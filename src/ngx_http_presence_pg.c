@@ -35,7 +35,7 @@
 
 
 #define NGX_HTTP_PRESENCE_PG_BACKOFF_MIN  100     /* ms */
-#define NGX_HTTP_PRESENCE_PG_BACKOFF_MAX  5000    /* ms */
+#define NGX_HTTP_PRESENCE_PG_BACKOFF_MAX  2000    /* ms */
 
 /* how long queued queries wait for a connection when none is up, ms */
 #define NGX_HTTP_PRESENCE_PG_GRACE        500

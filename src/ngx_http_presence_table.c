@@ -46,8 +46,6 @@ static void ngx_presence_notify(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t state, uint64_t last_seen);
 static ngx_uint_t ngx_presence_expire(ngx_presence_table_t *table,
     uint32_t slot, uint32_t tick);
-static ngx_uint_t ngx_presence_lock_sweep(ngx_presence_table_t *table,
-    ngx_pid_t pid);
 
 
 size_t
@@ -340,11 +338,11 @@ ngx_presence_hide(ngx_presence_table_t *table, ngx_presence_node_t *node,
 
         if (ngx_presence_visible(fl)) {
             seq++;
+            fl |= NGX_PRESENCE_DIRTY;
         }
 
         new = ngx_presence_state(seq, ngx_presence_deadline(old),
-                                 fl | NGX_PRESENCE_INVISIBLE
-                                    | NGX_PRESENCE_DIRTY);
+                                 fl | NGX_PRESENCE_INVISIBLE);
 
         if (ngx_presence_cas(&node->state, &old, new)) {
             break;
@@ -368,6 +366,7 @@ ngx_presence_read(ngx_presence_node_t *node, ngx_presence_status_t *st)
     st->id = node->id;
     st->online = ngx_presence_visible(ngx_presence_flags(s));
     st->invisible = (ngx_presence_flags(s) & NGX_PRESENCE_INVISIBLE) != 0;
+    st->dirty = ngx_presence_flags(s) & NGX_PRESENCE_DIRTY;
     st->seq = ngx_presence_seq(s);
     st->last_seen = ngx_presence_load(&node->last_seen);
 }
@@ -520,32 +519,32 @@ ngx_presence_expire(ngx_presence_table_t *table, uint32_t slot, uint32_t tick)
 
 
 /*
- * One sweeper at a time, chosen by a lock word that holds its pid; a lock
- * left by a killed worker is taken over.
+ * One process at a time, chosen by a lock word that holds its pid (the
+ * sweeper's, the syncer's); a lock left by a killed worker is taken over.
  */
 
-static ngx_uint_t
-ngx_presence_lock_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
+ngx_uint_t
+ngx_presence_pid_lock(ngx_atomic_t *lock, ngx_pid_t pid, ngx_log_t *log,
+    ngx_str_t *name, const char *what)
 {
     ngx_atomic_uint_t  holder;
 
-    holder = ngx_presence_load(&table->sh->sweep_lock);
+    holder = ngx_presence_load(lock);
 
     if (holder == 0) {
-        return ngx_atomic_cmp_set(&table->sh->sweep_lock, 0, pid);
+        return ngx_atomic_cmp_set(lock, 0, pid);
     }
 
     if ((ngx_pid_t) holder == pid) {
-        /* our own lock, left by a crash of this very process: impossible */
-        return 0;
+        return 1;
     }
 
     if (kill((ngx_pid_t) holder, 0) == -1 && ngx_errno == NGX_ESRCH) {
-        ngx_log_error(NGX_LOG_WARN, table->log, 0,
-                      "presence zone \"%V\": taking over the sweep lock "
-                      "of dead process %P", &table->name, (ngx_pid_t) holder);
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "presence zone \"%V\": taking over the %s lock "
+                      "of dead process %P", name, what, (ngx_pid_t) holder);
 
-        return ngx_atomic_cmp_set(&table->sh->sweep_lock, holder, pid);
+        return ngx_atomic_cmp_set(lock, holder, pid);
     }
 
     return 0;
@@ -568,7 +567,9 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 
     sh = table->sh;
 
-    if (!ngx_presence_lock_sweep(table, pid)) {
+    if (!ngx_presence_pid_lock(&sh->sweep_lock, pid, table->log,
+                               &table->name, "sweep"))
+    {
         return 0;
     }
 
@@ -690,3 +691,79 @@ ngx_presence_counters_sum(ngx_presence_table_t *table,
         sum->publish_errors += ngx_presence_load(&c->publish_errors);
     }
 }
+
+
+/*
+ * A store was written the state of seq: its dirty mark goes, unless the
+ * status changed again meanwhile.  1: the mark went (or was not there).
+ */
+
+ngx_uint_t
+ngx_presence_clean(ngx_presence_node_t *node, uint32_t seq, ngx_uint_t dirty)
+{
+    uint64_t  old, new;
+
+    old = ngx_presence_load(&node->state);
+
+    do {
+        if (ngx_presence_seq(old) != seq) {
+            return 0;
+        }
+
+        if (!(ngx_presence_flags(old) & dirty)) {
+            return 1;
+        }
+
+        new = old & ~(uint64_t) dirty;
+
+    } while (!ngx_presence_cas(&node->state, &old, new));
+
+    return 1;
+}
+
+
+/*
+ * Warm start: the last_seen a store kept for a user this table has not
+ * seen since it was created.  A heartbeat that came first wins.  A store
+ * that says "online" is told the user is offline now: marked dirty.
+ * NGX_DECLINED: the zone is full.
+ */
+
+ngx_int_t
+ngx_presence_warm(ngx_presence_table_t *table, uint32_t id,
+    uint64_t last_seen, ngx_uint_t online)
+{
+    uint64_t              old, new, zero;
+    ngx_presence_node_t  *node;
+
+    node = ngx_presence_table_get(table, id);
+    if (node == NULL) {
+        return NGX_DECLINED;
+    }
+
+    zero = 0;
+
+    if (!__atomic_compare_exchange_n(&node->last_seen, &zero, last_seen, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    {
+        return NGX_OK;
+    }
+
+    if (!online) {
+        return NGX_OK;
+    }
+
+    old = ngx_presence_load(&node->state);
+
+    do {
+        if (ngx_presence_visible(ngx_presence_flags(old))) {
+            return NGX_OK;
+        }
+
+        new = old | NGX_PRESENCE_DIRTY;
+
+    } while (!ngx_presence_cas(&node->state, &old, new));
+
+    return NGX_OK;
+}
+

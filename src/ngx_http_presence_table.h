@@ -30,10 +30,18 @@
 #define NGX_PRESENCE_ACTIVE          0x01   /* heartbeat deadline not passed */
 #define NGX_PRESENCE_INVISIBLE       0x02   /* chose to appear offline */
 #define NGX_PRESENCE_QUEUED          0x04   /* linked in a wheel bucket */
-#define NGX_PRESENCE_DIRTY           0x08   /* changed since last sync */
+#define NGX_PRESENCE_DIRTY_PG        0x08   /* PostgreSQL has an older state */
+#define NGX_PRESENCE_DIRTY_REDIS     0x10   /* Redis has an older state */
+#define NGX_PRESENCE_DIRTY           (NGX_PRESENCE_DIRTY_PG                  \
+                                      |NGX_PRESENCE_DIRTY_REDIS)
 
 /* changes with the layout of the zone: a reload cannot reuse another */
-#define NGX_PRESENCE_MAGIC           0x70726573656e0002ULL
+#define NGX_PRESENCE_MAGIC           0x70726573656e0003ULL
+
+/* {"id":4294967295,"status":"offline","last_seen":...,"seq":4294967295} */
+#define NGX_PRESENCE_JSON_LEN                                                 \
+    (sizeof("{\"id\":,\"status\":\"offline\",\"last_seen\":,\"seq\":}") - 1   \
+     + NGX_INT32_LEN + NGX_INT64_LEN + NGX_INT32_LEN)
 
 /* the slot load factor is kept at or below 4/5 */
 #define NGX_PRESENCE_LOAD_NUM        4
@@ -127,6 +135,7 @@ typedef struct {
     uint32_t                    id;
     ngx_uint_t                  online;
     ngx_uint_t                  invisible;
+    ngx_uint_t                  dirty;       /* NGX_PRESENCE_DIRTY_* */
     uint64_t                    last_seen;
     uint32_t                    seq;
 } ngx_presence_status_t;
@@ -152,7 +161,15 @@ void ngx_presence_hide(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now);
 void ngx_presence_read(ngx_presence_node_t *node, ngx_presence_status_t *st);
 
+ngx_uint_t ngx_presence_clean(ngx_presence_node_t *node, uint32_t seq,
+    ngx_uint_t dirty);
+ngx_int_t ngx_presence_warm(ngx_presence_table_t *table, uint32_t id,
+    uint64_t last_seen, ngx_uint_t online);
+
 ngx_uint_t ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid);
+ngx_uint_t ngx_presence_pid_lock(ngx_atomic_t *lock, ngx_pid_t pid,
+    ngx_log_t *log, ngx_str_t *name, const char *what);
+
 
 ngx_presence_counters_t *ngx_presence_counters(ngx_presence_table_t *table);
 void ngx_presence_counters_sum(ngx_presence_table_t *table,
@@ -168,6 +185,25 @@ ngx_presence_now_ms(void)
     tp = ngx_timeofday();
 
     return (uint64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+/* the JSON of a status, as the API, the events and Kafka have it */
+static ngx_inline u_char *
+ngx_presence_json(u_char *p, uint32_t id, ngx_uint_t online,
+    uint64_t last_seen, uint32_t seq)
+{
+    p = ngx_sprintf(p, "{\"id\":%uD,\"status\":\"%s\",\"last_seen\":",
+                    id, online ? "online" : "offline");
+
+    if (last_seen) {
+        p = ngx_sprintf(p, "%uL", last_seen);
+
+    } else {
+        p = ngx_cpymem(p, "null", 4);
+    }
+
+    return ngx_sprintf(p, ",\"seq\":%uD}", seq);
 }
 
 

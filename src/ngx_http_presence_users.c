@@ -1046,6 +1046,16 @@ ngx_http_presence_gate(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* a caller may always see itself, whatever the database says */
+
+    for (i = 0; i < ctx->n && ctx->ids[i] == ctx->uid; i++) {
+        ctx->allowed[i] = NGX_HTTP_PRESENCE_ALLOWED;
+    }
+
+    if (i == ctx->n) {
+        return NGX_OK;
+    }
+
     if (pmcf->pg == NULL) {
         /* no users database: a caller may see only itself */
         for (i = 0; i < ctx->n; i++) {
@@ -1137,7 +1147,7 @@ ngx_http_presence_gate_loaded(void *data, PGresult *res, ngx_int_t rc)
 
     rc = ngx_http_presence_gate_check(r, ctx);
 
-    if (rc == NGX_OK) {
+    if (rc == NGX_OK && !r->header_sent) {
         ctx->done(r, ctx);
         return;
     }

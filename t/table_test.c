@@ -398,6 +398,49 @@ test_concurrency(void)
 }
 
 
+/* the write-behind's marks: set by changes, cleared per store by seq */
+
+static void
+test_dirty_marks(void)
+{
+    ngx_presence_node_t    *node;
+    ngx_presence_table_t    t;
+    ngx_presence_status_t   st;
+
+    new_table(&t, 8 * 1024 * 1024);
+    set_clock(2000000);
+
+    node = ngx_presence_table_get(&t, 11);
+    ngx_presence_heartbeat(&t, node, 1764302000000, 1000, 0);
+    ngx_presence_read(node, &st);
+    ok(st.dirty == NGX_PRESENCE_DIRTY, "a change marks the user for both stores");
+
+    ok(ngx_presence_clean(node, 1, NGX_PRESENCE_DIRTY_PG), "cleaned for PG");
+    ngx_presence_read(node, &st);
+    ok(st.dirty == NGX_PRESENCE_DIRTY_REDIS, "still marked for Redis");
+
+    ngx_presence_heartbeat(&t, node, 1764302000500, 1000, 0);
+    ngx_presence_read(node, &st);
+    ok(st.dirty == NGX_PRESENCE_DIRTY_REDIS, "a heartbeat of an online user "
+       "changes nothing to write");
+
+    ngx_presence_hide(&t, node, 1764302000600);
+    ok(!ngx_presence_clean(node, 1, NGX_PRESENCE_DIRTY),
+       "a write of an older seq does not clean a newer change");
+    ngx_presence_read(node, &st);
+    ok(st.dirty == NGX_PRESENCE_DIRTY && st.seq == 2, "both marked again");
+
+    /* warm start: a store's last_seen for a user this table never saw */
+    ok(ngx_presence_warm(&t, 12, 1764300000000, 1) == NGX_OK, "warm user 12");
+    ok(status_of(&t, 12, &st) && !st.online && st.seq == 0
+       && st.last_seen == 1764300000000 && st.dirty == NGX_PRESENCE_DIRTY,
+       "offline, last seen from the store, marked (the store said online)");
+    ok(ngx_presence_warm(&t, 11, 1764300000000, 0) == NGX_OK
+       && status_of(&t, 11, &st) && st.last_seen == 1764302000600,
+       "a user seen since keeps its own last_seen");
+}
+
+
 int
 main(void)
 {
@@ -408,6 +451,7 @@ main(void)
     test_dead_lock_holder();
     test_orphans();
     test_concurrency();
+    test_dirty_marks();
 
     printf("1..%d\n", tests);
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make run: installs what is missing, builds, starts the project-local
-# PostgreSQL and Redis (util/services.sh) and nginx with conf/nginx.conf on
+# PostgreSQL, Redis and Kafka test broker (util/services.sh) and nginx with conf/nginx.conf on
 # 127.0.0.1:${PRESENCE_PORT:-8080}, prefix .run/.  Running it again reloads
 # nginx with a fresh build and config.  make stop stops exactly these.
 set -euo pipefail
@@ -25,6 +25,8 @@ sed -e "s|@MODULE_DIR@|$PWD/build/modules|g" \
     -e "s|@PG_DSN@|$PRESENCE_PG_DSN|g" \
     -e "s|@PORT@|$port|g" \
     -e "s|@HTML@|$PWD/conf/html|g" \
+    -e "s|@REDIS_PORT@|$PRESENCE_REDIS_PORT|g" \
+    -e "s|@KAFKA_BROKERS@|$PRESENCE_KAFKA_BROKERS|g" \
     conf/nginx.conf > "$run/nginx.conf.new"
 mv "$run/nginx.conf.new" "$run/nginx.conf"
 
@@ -69,5 +71,6 @@ presence is running on $url (prefix .run/, logs in .run/logs; make stop stops it
   curl -s $url/metrics
 
   PostgreSQL: psql '$PRESENCE_PG_DSN'
-  Redis:      redis-cli -p $PRESENCE_REDIS_PORT
+  Redis:      redis-cli -p $PRESENCE_REDIS_PORT HGETALL presence:1
+  Kafka:      kcat -C -b $PRESENCE_KAFKA_BROKERS -t presence -o beginning -e -f '%k %s\n'
 MSG

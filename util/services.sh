@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Project-local PostgreSQL and Redis on loopback, for make run and make test.
+# Project-local PostgreSQL, Redis and a Kafka test broker on loopback, for
+# make run and make test.
 #
-#   util/services.sh start|stop|env|running [pg|redis]
+#   util/services.sh start|stop|env|running [pg|redis|kafka]
 #   util/services.sh pg-start|pg-stop|redis-start|redis-stop
+#   util/services.sh kafka-start|kafka-stop|kafka-down|kafka-up
 #
 # PostgreSQL: a cluster of its own in .run/pg (as the postgres user when run
 # as root: initdb refuses root), on 127.0.0.1:${PRESENCE_PG_PORT:-55432}
@@ -10,7 +12,12 @@
 # owned by role presence (password presence), with every sql/*.sql applied in
 # order on each start (they are idempotent).
 # Redis: .run/redis, 127.0.0.1:${PRESENCE_REDIS_PORT:-56379}, no persistence.
-# Starting twice is fine; stop stops exactly these two, by data dir and pid.
+# Kafka: librdkafka's mock cluster (util/kafka-mock.c, built into build/),
+# one broker, topic presence with 3 partitions, on a random loopback port
+# written to .run/kafka/bootstrap (PRESENCE_KAFKA_DIR): a checkout of its
+# own, a broker of its own.  kafka-down / kafka-up make it unreachable and
+# bring it back (SIGUSR1 / SIGUSR2).  Nothing is kept across a restart.
+# Starting twice is fine; stop stops exactly these, by data dir and pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +26,7 @@ redis_port=${PRESENCE_REDIS_PORT:-56379}
 db=${PRESENCE_PG_DB:-presence}
 dsn="host=127.0.0.1 port=$pg_port dbname=$db user=presence password=presence"
 redis_dir=$PWD/.run/redis
+kafka_dir=${PRESENCE_KAFKA_DIR:-$PWD/.run/kafka}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
 # psql and friends are Perl scripts (Debian's pg_wrapper): a PERL5LIB
@@ -124,28 +132,84 @@ redis_stop() {
     rm -f "$redis_dir/redis.pid"
 }
 
+kafka_pid() {
+    local pid
+    pid=$(cat "$kafka_dir/bootstrap.pid" 2>/dev/null) \
+        && kill -0 "$pid" 2>/dev/null && [ -s "$kafka_dir/bootstrap" ] \
+        && echo "$pid"
+}
+
+kafka_start() {
+    local bin=build/kafka-mock
+
+    kafka_pid >/dev/null && return
+
+    mkdir -p build "$kafka_dir"
+    if [ ! -x $bin ] || [ util/kafka-mock.c -nt $bin ]; then
+        gcc -O2 -g -Wall -Wextra -Werror -o $bin.tmp util/kafka-mock.c \
+            -lrdkafka || { echo "services: util/deps.sh (librdkafka-dev)" >&2; exit 1; }
+        mv -f $bin.tmp $bin
+    fi
+
+    rm -f "$kafka_dir/bootstrap" "$kafka_dir/bootstrap.pid"
+    setsid $bin "$kafka_dir/bootstrap" </dev/null >"$kafka_dir/kafka.log" 2>&1 &
+    for _ in $(seq 50); do
+        kafka_pid >/dev/null && return
+        sleep 0.1
+    done
+    echo "services: the Kafka mock broker did not start:" >&2
+    tail -20 "$kafka_dir/kafka.log" >&2
+    exit 1
+}
+
+kafka_stop() {
+    local pid
+    pid=$(kafka_pid) || { rm -f "$kafka_dir/bootstrap" "$kafka_dir/bootstrap.pid"; return 0; }
+    kill "$pid"
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    rm -f "$kafka_dir/bootstrap" "$kafka_dir/bootstrap.pid"
+}
+
+# kafka-down / kafka-up: the broker refuses connections, or takes them again
+kafka_signal() {
+    local pid
+    pid=$(kafka_pid) || { echo "services: the Kafka mock broker is not running" >&2; exit 1; }
+    kill -"$1" "$pid"
+}
+
 case "${1:-}" in
-    start)       pg_start; redis_start ;;
-    stop)        redis_stop; pg_stop ;;
+    start)       pg_start; redis_start; kafka_start ;;
+    stop)        kafka_stop; redis_stop; pg_stop ;;
     pg-start)    pg_start ;;
     pg-stop)     pg_stop ;;
     redis-start) redis_start ;;
     redis-stop)  redis_stop ;;
-    running)     # exit 0 when running (both, or the one named)
+    kafka-start) kafka_start ;;
+    kafka-stop)  kafka_stop ;;
+    kafka-down)  kafka_signal USR1 ;;
+    kafka-up)    kafka_signal USR2 ;;
+    running)     # exit 0 when running (all, or the one named)
         case "${2:-all}" in
             pg)    pg_running ;;
             redis) redis_pid >/dev/null ;;
-            *)     pg_running && redis_pid >/dev/null ;;
+            kafka) kafka_pid >/dev/null ;;
+            *)     pg_running && redis_pid >/dev/null && kafka_pid >/dev/null ;;
         esac ;;
     env)         # shell exports, for eval
+        kafka=$(cat "$kafka_dir/bootstrap" 2>/dev/null || true)
         for v in PRESENCE_PG_HOST=127.0.0.1 PRESENCE_PG_PORT="$pg_port" \
                  PRESENCE_PG_DB="$db" PRESENCE_PG_DSN="$dsn" \
                  PRESENCE_PG_SOCKET_DIR="$pg_dir" \
-                 PRESENCE_REDIS_HOST=127.0.0.1 PRESENCE_REDIS_PORT="$redis_port"
+                 PRESENCE_REDIS_HOST=127.0.0.1 PRESENCE_REDIS_PORT="$redis_port" \
+                 PRESENCE_KAFKA_BROKERS="$kafka" \
+                 PRESENCE_KAFKA_PIDFILE="$kafka_dir/bootstrap.pid"
         do
             printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
         done ;;
     *)
-        echo "usage: $0 start|stop|env|running [pg|redis]|pg-start|pg-stop|redis-start|redis-stop" >&2
+        echo "usage: $0 start|stop|env|running [pg|redis|kafka]|pg-start|pg-stop|redis-start|redis-stop|kafka-start|kafka-stop|kafka-down|kafka-up" >&2
         exit 2 ;;
 esac

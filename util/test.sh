@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make test [T=t/001-heartbeat.t ...]: installs what is missing, builds,
-# starts the stores the tests use, runs the Test::Nginx suite (or the files
-# in T), stops what it started, and exits with prove's status.  Runs under
-# the real Test::Nginx when it is installed, else under t/runner.
+# starts the stores the tests use (and a Kafka mock broker), runs the
+# Test::Nginx suite (or the files in T), stops what it started, and exits
+# with prove's status.  Runs under the real Test::Nginx when it is
+# installed, else under t/runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ trap cleanup EXIT
 # the tests empty their tables: a database of their own, never make run's
 export PRESENCE_PG_DB=presence_test
 
-for s in pg redis; do
+for s in pg redis kafka; do
     util/services.sh running "$s" || started+=("$s")
     util/services.sh "$s-start"
 done
@@ -41,6 +42,7 @@ export TEST_NGINX_SERVROOT=${TEST_NGINX_SERVROOT:-$PWD/t/servroot}
 export TEST_NGINX_PG_DSN=$PRESENCE_PG_DSN
 export TEST_NGINX_PG_PORT=$PRESENCE_PG_PORT
 export TEST_NGINX_REDIS_PORT=$PRESENCE_REDIS_PORT
+export TEST_NGINX_KAFKA_BROKERS=$PRESENCE_KAFKA_BROKERS
 
 inc=(-I t/lib)
 perl -MTest::Nginx::Socket -e1 2>/dev/null || inc+=(-I t/runner)
@@ -58,12 +60,14 @@ if [ "${PRESENCE_ASAN:-1}" = 1 ] && [ -z "${T:-}" ]; then
     PRESENCE_CC_OPT="-O1 -g -fsanitize=address -fno-omit-frame-pointer" \
     PRESENCE_LD_OPT="-fsanitize=address" util/build.sh
 
-    rm -rf "$asan/reports"
-    mkdir -p "$asan/reports"
+    # workers run as nobody when the suite runs as root, and may not reach
+    # into the checkout: the reports go to a folder anyone can write
+    reports=$(mktemp -d /tmp/presence-asan.XXXXXX)
+    chmod 1777 "$reports"
     cat > "$asan/nginx.sh" <<WRAP
 #!/bin/sh
 export LD_PRELOAD=$(gcc -print-file-name=libasan.so)
-export ASAN_OPTIONS=detect_leaks=0:log_path=$asan/reports/asan
+export ASAN_OPTIONS=detect_leaks=0:log_path=$reports/asan
 exec /usr/sbin/nginx "\$@"
 WRAP
     chmod +x "$asan/nginx.sh"
@@ -73,10 +77,11 @@ WRAP
     TEST_NGINX_SERVROOT=$PWD/t/servroot-asan \
         prove "${inc[@]}" -r t
 
-    if ls "$asan/reports"/asan.* >/dev/null 2>&1; then
+    if ls "$reports"/asan.* >/dev/null 2>&1; then
         echo "test: AddressSanitizer reports:"
-        cat "$asan/reports"/asan.*
+        cat "$reports"/asan.*
         exit 1
     fi
+    rm -rf "$reports"
     echo "test: no AddressSanitizer report"
 fi
