@@ -59,7 +59,13 @@ sub render_node {
     $conf =~ s{^error_log\s+stderr\s+\w+;}{error_log $dir/error.log info;}m;
     $conf =~ s{\@PG_DSN\@}{$o{pg_dsn}}g;
     $conf =~ s{\@REDIS_ADDR\@}{127.0.0.1:$o{redis_port}}g;
-    $conf =~ s{\@KAFKA\@}{127.0.0.1:9092}g;
+    # the test broker (util/services.sh kafka-start), else no Kafka
+    if ($o{kafka} || $ENV{TEST_NGINX_KAFKA_BROKERS}) {
+        $conf =~ s{\@KAFKA\@}{$o{kafka} || $ENV{TEST_NGINX_KAFKA_BROKERS}}ge;
+    } else {
+        $conf =~ s{^(\s*presence_kafka\s)}{#$1}mg;
+        $conf =~ s{\@KAFKA\@}{127.0.0.1:9092}g;
+    }
     $conf =~ s{listen\s+8080\b[^;]*;}{listen 127.0.0.1:$o{port};}
         or die "no listen 8080 in the node config";
     my $metrics = $o{metrics_port} ? "127.0.0.1:$o{metrics_port}"
