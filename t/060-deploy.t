@@ -246,6 +246,24 @@ sub nginx_t {
         like($run // '', qr/\s\Q$pkg\E\s/, "runtime installs $lib ($pkg)");
     }
 
+    # the build stage's recipe, run here: /src is this checkout, /build a
+    # folder of the test (the same nginx-dev and libraries as the image's)
+    my ($recipe) = $build =~ /^RUN (cp -r \/usr\/share\/nginx\/src \/build\b.*?[^\\])\n/ms;
+    ok($recipe, "build stage: the recipe");
+    my $bdir = "$root/dockerbuild";
+    my $top = Cwd::abs_path('.');
+    $recipe =~ s{\\\n}{ }g;
+    $recipe =~ s{ /build\b}{ $bdir}g;
+    $recipe =~ s{cd /build\b}{cd $bdir}g;
+    $recipe =~ s{--add-dynamic-module=/src\b}{--add-dynamic-module=$top}g;
+    $recipe =~ s{"\$\(nproc\)"}{2}g;
+    my $out = `bash -euo pipefail -c '$recipe' 2>&1`;
+    my $so2 = "$bdir/objs/ngx_http_presence_module.so";
+    ok($? == 0 && -s $so2, "the build stage's recipe builds the module")
+        or diag(substr($out, -2000));
+    is_deeply([sort `objdump -p $so2 2>/dev/null` =~ /^\s*NEEDED\s+(\S+)/mg],
+              [sort @needed], "linking what util/build.sh's module links");
+
     is(system('sh', '-n', 'docker/entrypoint.sh'), 0, "entrypoint.sh parses");
     is(system('bash', '-n', 'docker/healthcheck.sh'), 0, "healthcheck.sh parses");
 }

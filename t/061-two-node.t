@@ -262,7 +262,7 @@ SKIP: {
 
     nginx_stop($dir{a});
     is(req(POST => $PLB, '/v1/heartbeat', $watched)->{status}, 204,
-       "node A gone: user $watched's heartbeat through the LB is answered");
+       "node A gone: user ${watched}'s heartbeat through the LB is answered");
     like(req(GET => $PB, "/v1/status/$watched", $watched)->{content} // '',
          qr/"status":"online"/, "by node B: the user is online there at once");
     my $ev = events($file4, 1, 2);
