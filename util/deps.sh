@@ -13,6 +13,7 @@ pkgs=(
     wrk curl openssl procps time bc
     libtest-base-perl libtext-diff-perl liblist-moreutils-perl
     libwww-perl libipc-run-perl
+    docker-compose libyaml-libyaml-perl
     chromium
 )
 

@@ -1,0 +1,310 @@
+# Two presence nodes and the load balancer of docker/ without Docker: the
+# shipped docker/nginx-node.conf twice (ports P and P+1, each with its own
+# presence zone and its own nchan, both in Redis mode on the test Redis)
+# and docker/nginx-lb.conf on P+2, sharing the test PostgreSQL.  An event
+# of a user whose heartbeats reach one node is delivered to a stream open
+# on the other; the load balancer sends a token's heartbeats and its event
+# stream to one node.  P is TEST_NGINX_SERVER_PORT.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use Test::More;
+use HTTP::Tiny ();
+use Time::HiRes ();
+use PresenceTest qw(token pg_reset);
+use PresenceSSE qw(sse_start sse_stop sse_read);
+use PresenceDeploy;
+
+my $P = $ENV{TEST_NGINX_SERVER_PORT} || 1984;
+my ($PA, $PB, $PLB) = ($P, $P + 1, $P + 2);
+my $root = ($ENV{TEST_NGINX_SERVROOT} || Cwd::abs_path('t') . '/servroot')
+           . '-two-node';
+my $redis_port = $ENV{TEST_NGINX_REDIS_PORT} || 56379;
+my $dsn = $PresenceTest::PG_DSN;
+
+system('rm', '-rf', $root);
+my %dir = (a => "$root/a", b => "$root/b", lb => "$root/lb");
+
+my $http = HTTP::Tiny->new(timeout => 5, keep_alive => 0);
+
+sub req {
+    my ($method, $port, $path, $id, $body) = @_;
+    my %h = (headers => {});
+    $h{headers}{Authorization} = 'Bearer ' . token($id) if defined $id;
+    $h{content} = $body if defined $body;
+    return $http->request($method, "http://127.0.0.1:$port$path", \%h);
+}
+
+sub metric {
+    my ($node, $name) = @_;
+    my (undef, $body) = unix_get("$dir{$node}/metrics.sock", '/metrics');
+    return $body =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
+}
+
+# waits up to $secs for $n events in the SSE file
+sub events {
+    my ($file, $n, $secs) = @_;
+    my $ev;
+    for (1 .. $secs * 20) {
+        ($ev) = sse_read($file);
+        last if @$ev >= $n;
+        Time::HiRes::sleep(0.05);
+    }
+    return $ev;
+}
+
+my @users = map { [$_, "user$_"] } 2001 .. 2040;
+pg_reset(users => [[1001, 'alice'], [1002, 'bob'], @users]);
+
+for my $n (qw(a b)) {
+    render_node(dir => $dir{$n}, port => $n eq 'a' ? $PA : $PB,
+                pg_dsn => $dsn, redis_port => $redis_port, timeout => '1s');
+}
+render_lb(dir => $dir{lb}, port => $PLB, nodes => [$PA, $PB],
+          fail_timeout => '1s');
+
+my @sse;
+END {
+    sse_stop($_) for @sse;
+    nginx_stop($dir{$_}) for grep { $dir{$_} } qw(lb a b);
+}
+
+nginx_start($dir{a}, $PA);
+nginx_start($dir{b}, $PB);
+nginx_start($dir{lb}, $PLB);
+
+for my $n (qw(a b)) {
+    my ($status, $body) = unix_get("$dir{$n}/metrics.sock", '/healthz');
+    is("$status $body", "200 ok\n", "node $n: /healthz on the metrics socket");
+}
+is(req(GET => $PA, '/healthz')->{content}, "ok\n", "node a: /healthz on the API port");
+is(req(GET => $PLB, '/healthz')->{status}, 200, "LB: /healthz");
+
+
+# 1. across nodes: bob subscribes to alice on node B, opens his stream on
+# node B; alice's heartbeats go to node A
+
+is(req(PUT => $PB, '/v1/subscriptions/1001', 1002)->{status}, 201,
+   "bob subscribes to alice through node B");
+
+my $file1 = "$root/sse-bob.out";
+{
+    local $ENV{TEST_NGINX_SERVER_PORT} = $PB;
+    push @sse, sse_start('/v1/events?ids=1001&token=' . token(1002), $file1);
+}
+my (undef, $st) = sse_read($file1);
+like($st // '', qr{^HTTP/1.1 200}, "bob's stream is open on node B");
+
+my $t0 = Time::HiRes::time() * 1000;
+is(req(POST => $PA, '/v1/heartbeat', 1001)->{status}, 204,
+   "alice's heartbeat on node A");
+
+# bob asks node B, which never saw alice
+{
+    my $r = req(GET => $PB, '/v1/status/1001', 1002);
+    is($r->{status}, 200, "bob may read alice's status on node B");
+    TODO: {
+        local $TODO = "status of a user held by another node: the module "
+                    . "answers from its own table (DESIGN.md: from Redis "
+                    . "presence:{id}, not built yet)";
+        like($r->{content} // '', qr/"status":"online"/,
+             "node B tells alice is online");
+    }
+}
+
+my $ev = events($file1, 2, 4);
+is(scalar @$ev, 2, "bob's stream on B got alice's online and offline (timeout 1s) events")
+    or diag(join "\n", map { $_->{data} } @$ev);
+like($ev->[0]{data} // '',
+     qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1\}$/,
+     "online event from node A");
+like($ev->[1]{data} // '',
+     qr/^\{"id":1001,"status":"offline","last_seen":\d{13},"seq":2\}$/,
+     "offline event from node A");
+cmp_ok(($ev->[0]{t} // 1e15) - $t0, '<', 1000, "online event within 1 s");
+diag(sprintf "heartbeat on A to the event on B's stream: %d ms",
+             ($ev->[0]{t} // 0) - $t0);
+
+is(metric(a => 'presence_online_users'), 0, "node A: alice offline again");
+
+# node A's write-behind (presence_sync_interval 1s) in the shared PostgreSQL
+{
+    my $row = '';
+    for (1 .. 40) {
+        $row = `psql -X -At '$dsn' -c "SELECT status, last_seen IS NOT NULL FROM users WHERE user_id = 1001" 2>&1`;
+        last if $row =~ /^offline\|t$/m;
+        Time::HiRes::sleep(0.1);
+    }
+    like($row, qr/^offline\|t$/m, "node A wrote alice's last_seen behind to PostgreSQL");
+}
+is(metric(a => 'presence_tracked_users'), 1, "node A tracks alice only");
+is(metric(b => 'presence_tracked_users'), 1, "node B tracks bob only (his stream)");
+is(metric(a => 'presence_events_published_total'), 2,
+   "node A published alice's two events");
+is(metric($_ => 'presence_events_errors_total'), 0, "node $_: no publish error")
+    for qw(a b);
+
+sse_stop(pop @sse);
+
+
+# 2. the load balancer: each token's heartbeats reach one node, and users
+# are spread over both
+
+my $hb_a = metric(a => 'presence_heartbeats_total');
+my $hb_b = metric(b => 'presence_heartbeats_total');
+
+my $bad = 0;
+for my $u (@users) {
+    for (1 .. 3) {
+        $bad++ if req(POST => $PLB, '/v1/heartbeat', $u->[0])->{status} != 204;
+    }
+}
+is($bad, 0, "120 heartbeats of 40 users through the LB: all 204");
+
+my (%node_of, $split);
+for my $u (@users) {
+    my $id = $u->[0];
+    my @on = grep {
+        my $r = req(GET => $_->[1], "/v1/status/$id", $id);
+        $r->{status} == 200 && $r->{content} =~ /"status":"online"/;
+    } (['a', $PA], ['b', $PB]);
+    if (@on == 1) {
+        $node_of{$id} = $on[0][0];
+    } else {
+        $split++;
+    }
+}
+ok(!$split, "each user is online on exactly one node")
+    or diag("users on both or no node: $split");
+my $on_a = grep { $_ eq 'a' } values %node_of;
+my $on_b = grep { $_ eq 'b' } values %node_of;
+ok($on_a && $on_b, "users spread over both nodes ($on_a on A, $on_b on B)");
+is(metric(a => 'presence_heartbeats_total') - $hb_a
+   + metric(b => 'presence_heartbeats_total') - $hb_b, 120,
+   "the nodes counted the 120 heartbeats");
+
+# a stream through the LB (?token=) lands where the token's heartbeats
+# (Authorization header) went: nchan counts one subscriber there
+my $u = 2001;
+my $file2 = "$root/sse-self.out";
+{
+    local $ENV{TEST_NGINX_SERVER_PORT} = $PLB;
+    push @sse, sse_start("/v1/events?ids=$u&token=" . token($u), $file2);
+}
+(undef, $st) = sse_read($file2);
+like($st // '', qr{^HTTP/1.1 200}, "a stream through the LB is open");
+my %subs;
+for my $n (qw(a b)) {
+    my (undef, $body) = unix_get("$dir{$n}/metrics.sock", '/nchan_status');
+    ($subs{$n}) = $body =~ /^subscribers: (\d+)/m;
+}
+my $home = $node_of{$u} // 'none';
+my $other = $home eq 'a' ? 'b' : 'a';
+is("$subs{$home}/$subs{$other}", "1/0",
+   "the stream of user $u is on its heartbeats' node ($home)");
+sse_stop(pop @sse);
+
+
+# 3. across nodes through the LB: a watcher whose requests go to one node
+# sees a user of the other node go offline
+
+# (not user $u: its stream's end left it online for the stream's lease)
+my ($watched) = grep { $node_of{$_} eq 'a' && $_ != $u } sort keys %node_of;
+my ($watcher) = grep { $node_of{$_} eq 'b' && $_ != $u } sort keys %node_of;
+SKIP: {
+    skip "users on one node only", 5 unless $watched && $watcher;
+
+    is(req(PUT => $PLB, "/v1/subscriptions/$watched", $watcher)->{status}, 201,
+       "user $watcher (node B) subscribes to $watched (node A) through the LB");
+
+    # wait for part 2's heartbeats to time out (1 s)
+    for (1 .. 60) {
+        last if req(GET => $PA, "/v1/status/$watched", $watched)->{content}
+                =~ /"status":"offline"/;
+        Time::HiRes::sleep(0.05);
+    }
+
+    my $file3 = "$root/sse-watcher.out";
+    {
+        local $ENV{TEST_NGINX_SERVER_PORT} = $PLB;
+        push @sse, sse_start("/v1/events?ids=$watched&token=" . token($watcher),
+                             $file3);
+    }
+    is(req(POST => $PLB, '/v1/heartbeat', $watched)->{status}, 204,
+       "user $watched heartbeats through the LB");
+
+    # online again, then offline 1 s after this heartbeat, on node A
+    my $ev = events($file3, 2, 4);
+    like($ev->[0]{data} // '',
+         qr/^\{"id":$watched,"status":"online","last_seen":\d{13},"seq":\d+\}$/,
+         "the watcher's stream (node B) got the online event from node A");
+    like($ev->[1]{data} // '',
+         qr/^\{"id":$watched,"status":"offline","last_seen":\d{13},"seq":\d+\}$/,
+         "and the offline event");
+    sse_stop(pop @sse);
+}
+
+
+# 4. a node goes away and comes back: its users move to the other node and
+# back, each within one heartbeat
+
+SKIP: {
+    skip "users on one node only", 7 unless $watched && $watcher;
+
+    my $file4 = "$root/sse-failover.out";
+    {
+        local $ENV{TEST_NGINX_SERVER_PORT} = $PLB;
+        push @sse, sse_start("/v1/events?ids=$watched&token=" . token($watcher),
+                             $file4);
+    }
+
+    nginx_stop($dir{a});
+    is(req(POST => $PLB, '/v1/heartbeat', $watched)->{status}, 204,
+       "node A gone: user ${watched}'s heartbeat through the LB is answered");
+    like(req(GET => $PB, "/v1/status/$watched", $watched)->{content} // '',
+         qr/"status":"online"/, "by node B: the user is online there at once");
+    my $ev = events($file4, 1, 2);
+    like($ev->[0]{data} // '', qr/^\{"id":$watched,"status":"online",/,
+         "the watcher saw it come online (node B's event)");
+
+    # node A back; the LB tries it again after fail_timeout (1s here); the
+    # user heartbeats every 0.3 s throughout
+    nginx_start($dir{a}, $PA);
+    my $back = int(Time::HiRes::time() * 1000);
+    my $end = Time::HiRes::time() + 3;
+    while (Time::HiRes::time() < $end) {
+        req(POST => $PLB, '/v1/heartbeat', $watched);
+        Time::HiRes::sleep(0.3);
+    }
+    like(req(GET => $PA, "/v1/status/$watched", $watched)->{content} // '',
+         qr/"status":"online"/, "node A back: the user's heartbeats are there again");
+    like(req(GET => $PB, "/v1/status/$watched", $watched)->{content} // '',
+         qr/"status":"offline"/, "and node B timed it out");
+
+    $ev = events($file4, 3, 1);
+    diag("the watcher's events: " . join ' ', map { $_->{data} } @$ev);
+    ok((grep { $_->{t} > $back && $_->{data} =~ /"status":"online"/ } @$ev),
+       "an online event (node A's) after node A came back");
+    TODO: {
+        local $TODO = "node B publishes the offline of a user that moved "
+                    . "back to node A (seq is per node; no owner across nodes)";
+        like($ev->[-1]{data} // '', qr/"status":"online"/,
+             "the watcher's last event says online, as the user is");
+    }
+    sse_stop(pop @sse);
+}
+
+nginx_stop($dir{$_}) for qw(lb a b);
+for my $n (qw(a b lb)) {
+    my $log = slurp("$dir{$n}/error.log");
+    # the LB's refused connections to node A while it was gone
+    my @bad = grep { /\[(?:error|crit|alert|emerg)\]/
+                     && !($n eq 'lb' && /connect\(\) failed \(111: /) }
+              split /\n/, $log;
+    ok(!@bad, "$n: no error in error.log") or diag(join "\n", grep { defined } @bad[0 .. 4]);
+}
+%dir = ();
+
+done_testing();
