@@ -110,3 +110,32 @@ GET /pause
 [alert]
 [crit]
 [emerg]
+
+
+
+=== TEST 4: with nchan in the same nginx (it carries a hiredis of its own): no crash, Redis written
+nchan exports the symbols of its own copy of hiredis; the module's is
+linked in privately, or the workers crash on the first connection.
+--- main_config
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+load_module $TEST_NGINX_MODULE_DIR/ngx_http_presence_module.so;
+--- http_config eval: $::HTTP_CONFIG
+--- config
+    # api
+    location = /sub { nchan_subscriber; nchan_channel_id test; }
+--- init
+redis_cli('DEL', 'presence:21');
+heartbeat(21) == 204 or die;
+my $st = self_status(21);
+ok(wait_for(2, sub { redis_state(21) eq "online,$st->[1],$st->[2]" }),
+   'written to Redis with nchan loaded')
+    or diag(redis_state(21));
+--- request
+GET /metrics
+--- response_body_like
+presence_sync_written_total\{sink="redis"\} [1-9]
+--- no_error_log
+[alert]
+[crit]
+[emerg]
+exited on signal
