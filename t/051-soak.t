@@ -25,7 +25,7 @@ plan skip_all => 'PRESENCE_SOAK_SECONDS=0' if $SECS eq '0';
 plan skip_all => 'not in the AddressSanitizer pass'
     if $ENV{PRESENCE_ASAN_PASS};
 
-$SECS >= 90 or BAIL_OUT('PRESENCE_SOAK_SECONDS: 0, or at least 90');
+$SECS >= 120 or BAIL_OUT('PRESENCE_SOAK_SECONDS: 0, or at least 120');
 
 my $USERS = 100_000;
 my $STEADY = 10_000;
@@ -102,7 +102,8 @@ diag sprintf "wrk: sent %d answered %d (204: %d, other 2xx: %d, non-2xx:"
 is($r->{bad}, 0, 'no error answer');
 is($r->{lost}, 0, 'no request lost');
 is($r->{errors}, 0, 'no socket error');
-ok($r->{answered} >= $RATE * $SECS * 0.8, 'the load was kept up')
+# half the rate still heartbeats the steady users twice per timeout
+ok($r->{answered} >= $RATE * $SECS / 2, 'the load was kept up')
     or diag "answered $r->{answered} in $SECS s";
 
 # -- memory -------------------------------------------------------------------
