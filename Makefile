@@ -2,11 +2,13 @@
 # [T=t/001-heartbeat.t], make bench (all the benchmarks), or one of
 # bench-heartbeat, bench-table, bench-users, bench-events, bench-sync;
 # make fuzz [FUZZ_SECONDS=60 FUZZ_TARGETS="ids token"] runs the libFuzzer
-# targets.
+# targets; make reliability (reloads and kill -9 under load, t/050) and
+# make soak (100,000 users for PRESENCE_SOAK_SECONDS, 600 by default,
+# t/051), both also part of make test.
 
 .PHONY: build deps run stop test bench bench-heartbeat bench-table \
-        bench-users bench-events bench-sync services-start services-stop \
-        fuzz clean
+        bench-users bench-events bench-sync reliability soak \
+        services-start services-stop fuzz clean
 
 build:
 	util/build.sh
@@ -22,6 +24,12 @@ stop:
 
 test:
 	T="$(T)" util/test.sh
+
+reliability:
+	T=t/050-reliability.t util/test.sh
+
+soak:
+	T=t/051-soak.t util/test.sh
 
 bench: bench-table bench-heartbeat bench-users bench-events bench-sync
 
