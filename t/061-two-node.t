@@ -152,8 +152,16 @@ sse_stop(pop @sse);
 # 2. the load balancer: each token's heartbeats reach one node, and users
 # are spread over both
 
-my $hb_a = metric(a => 'presence_heartbeats_total');
-my $hb_b = metric(b => 'presence_heartbeats_total');
+# bob's stream just closed: its unsubscribe request (a sign of life of
+# bob) may still be on its way to node B; wait until the counts settle
+my ($hb_a, $hb_b) = (-1, -1);
+for (1 .. 50) {
+    my ($a, $b) = (metric(a => 'presence_heartbeats_total'),
+                   metric(b => 'presence_heartbeats_total'));
+    last if $a == $hb_a && $b == $hb_b;
+    ($hb_a, $hb_b) = ($a, $b);
+    Time::HiRes::sleep(0.2);
+}
 
 my $bad = 0;
 for my $u (@users) {
