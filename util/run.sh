@@ -28,6 +28,13 @@ sed -e "s|@MODULE_DIR@|$PWD/build/modules|g" \
     -e "s|@REDIS_PORT@|$PRESENCE_REDIS_PORT|g" \
     -e "s|@KAFKA_BROKERS@|$PRESENCE_KAFKA_BROKERS|g" \
     conf/nginx.conf > "$run/nginx.conf.new"
+# run as root from a checkout that nginx's default worker user (nobody)
+# cannot enter (a private home): the workers could reach neither the
+# unix socket of .run/ nor the demo page, so they run as root too
+if [ "$(id -u)" -eq 0 ] && ! runuser -u nobody -- test -r "$PWD/conf/html/index.html" 2>/dev/null; then
+    echo "run: nobody cannot read $PWD: nginx's workers run as root"
+    sed -i '1i user root;' "$run/nginx.conf.new"
+fi
 mv "$run/nginx.conf.new" "$run/nginx.conf"
 
 nginx=(/usr/sbin/nginx -p "$run/" -c "$run/nginx.conf")

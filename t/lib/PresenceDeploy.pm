@@ -80,8 +80,16 @@ sub render_node {
 
     die "placeholder left: $1" if $conf =~ /(\@[A-Z_]+\@)/;
 
-    spew("$dir/nginx.conf", $conf);
+    spew("$dir/nginx.conf", as_root($conf));
     return "$dir/nginx.conf";
+}
+
+# Run as root (make test is), the workers run as root too, as the test
+# runner has them: a checkout in a private folder (CI's) is out of reach of
+# nobody, and with it the unix sockets of the node.
+sub as_root {
+    my ($conf) = @_;
+    return $> == 0 ? "user root;\n$conf" : $conf;
 }
 
 # docker/nginx-lb.conf in $dir: on 127.0.0.1:$o{port}, the nodes
@@ -108,7 +116,7 @@ sub render_lb {
     $conf =~ s{fail_timeout=\w+}{fail_timeout=$o{fail_timeout}}g
         if $o{fail_timeout};
 
-    spew("$dir/nginx.conf", $conf);
+    spew("$dir/nginx.conf", as_root($conf));
     return "$dir/nginx.conf";
 }
 
