@@ -43,7 +43,7 @@ cflags="-g -O1 -fno-omit-frame-pointer -fPIC
 
 # the libraries of the module, as its configure found them
 libs=$(sed -n '/LINK) -o objs\/ngx_http_presence_module.so/,/-shared/p' \
-           "$ngx/objs/Makefile" | grep -o -- '-l[A-Za-z0-9_+-]*' | sort -u)
+           "$ngx/objs/Makefile" | tr ' \t' '\n\n' | grep -E -- '^-l' | sort -u)
 
 build() {
     local f o objs=()
