@@ -17,6 +17,22 @@
 #define NGX_HTTP_PRESENCE_CACHE_SETS  8192    /* power of 2, of 2 ways */
 #define NGX_HTTP_PRESENCE_CACHED_MAX  280     /* longer tokens: no cache */
 
+/*
+ * A stream ticket: its route and a dot, if it has a route, then,
+ * base64url-encoded, a version byte, the owner's id (4 bytes) and its
+ * expiry (ms since the epoch, 8 bytes), both big-endian, then the
+ * HMAC-SHA256 of these and the route with a key that is the HMAC-SHA256 of
+ * the label with the secret.
+ */
+#define NGX_HTTP_PRESENCE_TICKET_V       1
+#define NGX_HTTP_PRESENCE_TICKET_DATA    13
+#define NGX_HTTP_PRESENCE_TICKET_MAC     32
+#define NGX_HTTP_PRESENCE_TICKET_RAW     (NGX_HTTP_PRESENCE_TICKET_DATA      \
+                                          + NGX_HTTP_PRESENCE_TICKET_MAC)
+#define NGX_HTTP_PRESENCE_TICKET_BUF     (NGX_HTTP_PRESENCE_TICKET_DATA      \
+                                          + EVP_MAX_MD_SIZE)
+#define NGX_HTTP_PRESENCE_TICKET_LABEL   "presence stream ticket v1"
+
 
 /*
  * A token verified with this secret, byte for byte: the next time it only
@@ -36,8 +52,9 @@ typedef struct {
 /*
  * A keyed HMAC context per secret, reused for every token: OpenSSL's
  * one-shot HMAC() looks the algorithm up and derives the key each time,
- * which costs more than the hash.  And the last header verified with the
- * secret: tokens of one issuer share it, so it is decoded once.
+ * which costs more than the hash; one keyed with the tickets' key derived
+ * from it.  And the last header verified with the secret: tokens of one
+ * issuer share it, so it is decoded once (header_len 0: none yet).
  */
 
 #define NGX_HTTP_PRESENCE_SECRETS     8
@@ -46,6 +63,7 @@ typedef struct {
 typedef struct {
     const u_char               *secret;
     EVP_MAC_CTX                *mac;
+    EVP_MAC_CTX                *ticket;
     u_char                      header[NGX_HTTP_PRESENCE_HEADER_MAX];
     size_t                      header_len;
 } ngx_http_presence_key_t;
@@ -63,7 +81,13 @@ static ngx_int_t ngx_http_presence_jwt_time(json_t *claims, const char *name,
     time_t *t);
 static void ngx_http_presence_hmac(ngx_str_t *secret, u_char *data,
     size_t len, ngx_str_t *sig);
+static size_t ngx_http_presence_mac(EVP_MAC_CTX *mac, u_char *data,
+    size_t len, u_char *md);
+static size_t ngx_http_presence_ticket_mac(ngx_http_presence_key_t *k,
+    u_char *data, ngx_str_t *route, u_char *md);
+static ngx_int_t ngx_http_presence_route_valid(ngx_str_t *route);
 static ngx_http_presence_key_t *ngx_http_presence_key(ngx_str_t *secret);
+static void ngx_http_presence_key_free(ngx_http_presence_key_t *k);
 
 
 /* 2-way: ways [0] and [1] of a set, [0] the most recently filled */
@@ -148,9 +172,10 @@ static ngx_inline ngx_int_t
 ngx_http_presence_token_cached(ngx_http_presence_token_cache_t *c,
     ngx_str_t *secret, ngx_str_t *token)
 {
+    /* no early exit: the time taken tells nothing of a cached token */
     return c->len == token->len
            && c->secret == secret->data
-           && ngx_memcmp(c->token, token->data, token->len) == 0;
+           && CRYPTO_memcmp(c->token, token->data, token->len) == 0;
 }
 
 
@@ -198,7 +223,8 @@ ngx_http_presence_jwt_check(ngx_str_t *secret, ngx_str_t *token, u_char *dot1,
     k = ngx_http_presence_key(secret);
     len = dot1 - token->data;
 
-    if (k && k->header_len == len
+    /* an empty header is no header: it has no "alg" */
+    if (len && k && k->header_len == len
         && ngx_memcmp(k->header, token->data, len) == 0)
     {
         /* the header already seen with this secret */
@@ -336,6 +362,8 @@ ngx_http_presence_jwt_time(json_t *claims, const char *name, time_t *t)
 static ngx_http_presence_key_t *
 ngx_http_presence_key(ngx_str_t *secret)
 {
+    u_char                    md[EVP_MAX_MD_SIZE];
+    size_t                    n;
     ngx_uint_t                i;
     OSSL_PARAM                params[2];
     EVP_MAC                  *mac;
@@ -356,8 +384,7 @@ ngx_http_presence_key(ngx_str_t *secret)
     if (i == NGX_HTTP_PRESENCE_SECRETS) {
         /* more secrets than slots: the last slot takes turns */
         k = &ngx_http_presence_keys[NGX_HTTP_PRESENCE_SECRETS - 1];
-        EVP_MAC_CTX_free(k->mac);
-        ngx_memzero(k, sizeof(ngx_http_presence_key_t));
+        ngx_http_presence_key_free(k);
     }
 
     mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
@@ -366,9 +393,11 @@ ngx_http_presence_key(ngx_str_t *secret)
     }
 
     k->mac = EVP_MAC_CTX_new(mac);
+    k->ticket = EVP_MAC_CTX_new(mac);
     EVP_MAC_free(mac);
 
-    if (k->mac == NULL) {
+    if (k->mac == NULL || k->ticket == NULL) {
+        ngx_http_presence_key_free(k);
         return NULL;
     }
 
@@ -377,15 +406,55 @@ ngx_http_presence_key(ngx_str_t *secret)
     params[1] = OSSL_PARAM_construct_end();
 
     if (!EVP_MAC_init(k->mac, secret->data, secret->len, params)) {
-        EVP_MAC_CTX_free(k->mac);
-        k->mac = NULL;
+        ngx_http_presence_key_free(k);
         return NULL;
     }
+
+    /* the tickets' key: HMAC-SHA256(secret, label) */
+
+    n = ngx_http_presence_mac(k->mac, (u_char *) NGX_HTTP_PRESENCE_TICKET_LABEL,
+                              sizeof(NGX_HTTP_PRESENCE_TICKET_LABEL) - 1, md);
+
+    if (n == 0 || !EVP_MAC_init(k->ticket, md, n, params)) {
+        OPENSSL_cleanse(md, sizeof(md));
+        ngx_http_presence_key_free(k);
+        return NULL;
+    }
+
+    OPENSSL_cleanse(md, sizeof(md));
 
     k->secret = secret->data;
     k->header_len = 0;
 
     return k;
+}
+
+
+static void
+ngx_http_presence_key_free(ngx_http_presence_key_t *k)
+{
+    EVP_MAC_CTX_free(k->mac);
+    EVP_MAC_CTX_free(k->ticket);
+    ngx_memzero(k, sizeof(ngx_http_presence_key_t));
+}
+
+
+/* the MAC of "data" with a keyed context; 0: it failed */
+
+static size_t
+ngx_http_presence_mac(EVP_MAC_CTX *mac, u_char *data, size_t len, u_char *md)
+{
+    size_t  n;
+
+    /* a NULL key: the one the context was keyed with */
+    if (!EVP_MAC_init(mac, NULL, 0, NULL)
+        || !EVP_MAC_update(mac, data, len)
+        || !EVP_MAC_final(mac, md, &n, EVP_MAX_MD_SIZE))
+    {
+        return 0;
+    }
+
+    return n;
 }
 
 
@@ -401,13 +470,12 @@ ngx_http_presence_hmac(ngx_str_t *secret, u_char *data, size_t len,
     sig->len = 0;
 
     k = ngx_http_presence_key(secret);
+    if (k == NULL) {
+        return;
+    }
 
-    /* a NULL key: the one the context was keyed with */
-    if (k == NULL
-        || !EVP_MAC_init(k->mac, NULL, 0, NULL)
-        || !EVP_MAC_update(k->mac, data, len)
-        || !EVP_MAC_final(k->mac, md, &n, sizeof(md)))
-    {
+    n = ngx_http_presence_mac(k->mac, data, len, md);
+    if (n == 0) {
         return;
     }
 
@@ -463,6 +531,206 @@ ngx_http_presence_jwt_sign(ngx_pool_t *pool, ngx_str_t *secret, uint32_t uid,
 
     *p++ = '.';
     token->len = p + sig.len - token->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_presence_ticket_sign(ngx_pool_t *pool, ngx_str_t *secret,
+    uint32_t uid, uint64_t exp, ngx_str_t *route, ngx_str_t *ticket)
+{
+    u_char                    raw[NGX_HTTP_PRESENCE_TICKET_BUF], *p;
+    size_t                    n;
+    ngx_str_t                 src, dst, none;
+    ngx_uint_t                i;
+    ngx_http_presence_key_t  *k;
+
+    ngx_str_null(&none);
+
+    if (route == NULL || ngx_http_presence_route_valid(route) != NGX_OK) {
+        route = &none;
+    }
+
+    k = ngx_http_presence_key(secret);
+    if (k == NULL) {
+        return NGX_ERROR;
+    }
+
+    raw[0] = NGX_HTTP_PRESENCE_TICKET_V;
+
+    for (i = 0; i < 4; i++) {
+        raw[1 + i] = (u_char) (uid >> (24 - 8 * i));
+    }
+
+    for (i = 0; i < 8; i++) {
+        raw[5 + i] = (u_char) (exp >> (56 - 8 * i));
+    }
+
+    n = ngx_http_presence_ticket_mac(k, raw, route,
+                                     raw + NGX_HTTP_PRESENCE_TICKET_DATA);
+
+    if (n != NGX_HTTP_PRESENCE_TICKET_MAC) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(pool, route->len + 1 + NGX_HTTP_PRESENCE_TICKET_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ticket->data = p;
+
+    if (route->len) {
+        p = ngx_cpymem(p, route->data, route->len);
+        *p++ = '.';
+    }
+
+    src.data = raw;
+    src.len = NGX_HTTP_PRESENCE_TICKET_RAW;
+    dst.data = p;
+
+    ngx_encode_base64url(&dst, &src);
+
+    ticket->len = p + dst.len - ticket->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_presence_ticket_verify(ngx_str_t *secret, ngx_str_t *ticket,
+    uint64_t now, uint32_t *uid, char **reason)
+{
+    u_char                    raw[NGX_HTTP_PRESENCE_TICKET_RAW];
+    u_char                    md[EVP_MAX_MD_SIZE], *p, *last;
+    size_t                    n;
+    uint32_t                  id;
+    uint64_t                  exp;
+    ngx_str_t                 src, dst, route;
+    ngx_uint_t                i;
+    ngx_http_presence_key_t  *k;
+
+    *reason = "malformed ticket";
+
+    /* the route, up to the last dot */
+
+    last = ticket->data + ticket->len;
+    ngx_str_null(&route);
+
+    for (p = last; p > ticket->data; p--) {
+        if (p[-1] == '.') {
+            route.data = ticket->data;
+            route.len = p - 1 - ticket->data;
+            break;
+        }
+    }
+
+    src.data = p;
+    src.len = last - p;
+
+    if (src.len != NGX_HTTP_PRESENCE_TICKET_LEN
+        || (route.data && ngx_http_presence_route_valid(&route) != NGX_OK))
+    {
+        return NGX_DECLINED;
+    }
+
+    dst.data = raw;
+
+    if (ngx_decode_base64url(&dst, &src) != NGX_OK
+        || dst.len != NGX_HTTP_PRESENCE_TICKET_RAW
+        || raw[0] != NGX_HTTP_PRESENCE_TICKET_V)
+    {
+        return NGX_DECLINED;
+    }
+
+    k = ngx_http_presence_key(secret);
+    if (k == NULL) {
+        *reason = "no key for tickets";
+        return NGX_DECLINED;
+    }
+
+    n = ngx_http_presence_ticket_mac(k, raw, &route, md);
+
+    if (n != NGX_HTTP_PRESENCE_TICKET_MAC
+        || CRYPTO_memcmp(md, raw + NGX_HTTP_PRESENCE_TICKET_DATA,
+                         NGX_HTTP_PRESENCE_TICKET_MAC)
+           != 0)
+    {
+        *reason = "bad ticket signature";
+        return NGX_DECLINED;
+    }
+
+    /* the ticket is ours: now its contents */
+
+    id = 0;
+    for (i = 0; i < 4; i++) {
+        id = (id << 8) | raw[1 + i];
+    }
+
+    exp = 0;
+    for (i = 0; i < 8; i++) {
+        exp = (exp << 8) | raw[5 + i];
+    }
+
+    if (id == 0 || id > NGX_HTTP_PRESENCE_MAX_ID) {
+        return NGX_DECLINED;
+    }
+
+    if (now && now >= exp) {
+        *reason = "ticket expired";
+        return NGX_DECLINED;
+    }
+
+    *uid = id;
+
+    return NGX_OK;
+}
+
+
+/* the MAC of a ticket's data and route; 0: it failed */
+
+static size_t
+ngx_http_presence_ticket_mac(ngx_http_presence_key_t *k, u_char *data,
+    ngx_str_t *route, u_char *md)
+{
+    size_t  n;
+
+    if (!EVP_MAC_init(k->ticket, NULL, 0, NULL)
+        || !EVP_MAC_update(k->ticket, data, NGX_HTTP_PRESENCE_TICKET_DATA)
+        || (route->len
+            && !EVP_MAC_update(k->ticket, route->data, route->len))
+        || !EVP_MAC_final(k->ticket, md, &n, EVP_MAX_MD_SIZE))
+    {
+        return 0;
+    }
+
+    return n;
+}
+
+
+/* a route: 1..NGX_HTTP_PRESENCE_ROUTE_MAX base64url characters */
+
+static ngx_int_t
+ngx_http_presence_route_valid(ngx_str_t *route)
+{
+    u_char  c, *p, *last;
+
+    if (route->len == 0 || route->len > NGX_HTTP_PRESENCE_ROUTE_MAX) {
+        return NGX_DECLINED;
+    }
+
+    last = route->data + route->len;
+
+    for (p = route->data; p < last; p++) {
+        c = *p;
+
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+              || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+        {
+            return NGX_DECLINED;
+        }
+    }
 
     return NGX_OK;
 }

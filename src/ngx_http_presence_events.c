@@ -15,6 +15,19 @@
  * The ring holds the requests written and not answered yet (at its head,
  * "sent" of them) followed by those not written.  When the connection
  * fails, the unanswered ones are written again on the next connection.
+ * A full ring doubles, up to the configured bound; only then is the
+ * oldest event dropped.  Once all is answered, a grown ring goes back to
+ * its first size.
+ *
+ * Why a client of its own, not an nginx upstream: most events are made by
+ * timers (the sweeper expiring users, the syncer), where there is no
+ * request to hang an upstream or a subrequest on; and a subrequest to a
+ * publisher location can hang its parent when another worker owns the
+ * channel.  The client is a small HTTP/1.1 one: ngx_event_connect_peer,
+ * keep-alive, pipelined, a bounded queue, reconnect with backoff.
+ *
+ * Its counters (published, dropped, errors) are each process's, in a
+ * shared zone of their own, summed for the metrics.
  */
 
 
@@ -23,15 +36,29 @@
 #include <ngx_event.h>
 #include <ngx_event_connect.h>
 #include "ngx_http_presence_events.h"
+#include "ngx_http_presence_json.h"
+#include "ngx_http_presence_backoff.h"
 
 
 #define NGX_PRESENCE_EVENTS_OUT       65536
 #define NGX_PRESENCE_EVENTS_IN        16384
 #define NGX_PRESENCE_EVENTS_INFLIGHT  1024      /* requests not answered */
 #define NGX_PRESENCE_EVENTS_CONNECT   1000      /* ms */
+#define NGX_PRESENCE_EVENTS_ANSWER    3000      /* ms without an answer */
 #define NGX_PRESENCE_EVENTS_BACKOFF   50        /* ms, doubled to the max */
 #define NGX_PRESENCE_EVENTS_BACKOFF_MAX  2000
 
+/*
+ * nchan's answers when it cannot take a message now (507: its shared
+ * memory is full; 500: an IPC alert found no memory; 502-504 by a proxy):
+ * the event goes again
+ */
+#define ngx_presence_events_again(status)                                    \
+    ((status) == 500 || ((status) >= 502 && (status) <= 504)                 \
+     || (status) == 507)
+
+/* in ngx_presence_event_t.last_seen: the event is "online" */
+#define NGX_PRESENCE_EVENT_ONLINE     0x8000000000000000ULL
 
 
 /* response parser states */
@@ -44,17 +71,49 @@
 #define NGX_PRESENCE_EV_TRAILER       6
 
 
+/* the zone of the counters: changes with their layout */
+#define NGX_PRESENCE_EVENTS_ZONE      "presence_events"
+#define NGX_PRESENCE_EVENTS_MAGIC     0x7072657365760001ULL
+
+
+/* one process's counters, a cache line */
+typedef struct {
+    uint64_t                    published;   /* events nchan took */
+    uint64_t                    dropped;     /* events the full queue lost */
+    uint64_t                    errors;      /* connections lost, events
+                                                refused */
+    uint64_t                    reserved[5];
+} ngx_presence_events_counters_t;
+
+
+typedef struct {
+    uint64_t                        magic;
+    ngx_presence_events_counters_t  counters[NGX_MAX_PROCESSES];
+} ngx_presence_events_sh_t;
+
+
+/* a queued event: NGX_PRESENCE_EVENT_SIZE bytes */
+typedef struct {
+    uint64_t                    last_seen;   /* | NGX_PRESENCE_EVENT_ONLINE */
+    uint32_t                    id;
+    uint32_t                    seq;
+} ngx_presence_event_t;
+
+
 struct ngx_presence_events_s {
     ngx_addr_t                  addr;        /* sockaddr_un */
     ngx_str_t                   path;        /* ends with "/" */
-    ngx_uint_t                  max;         /* ring capacity */
+    ngx_uint_t                  max;         /* bound of the ring's size */
     size_t                      request_max; /* longest request, bytes */
 
-    ngx_presence_change_t      *ring;
+    ngx_presence_event_t       *ring;        /* ngx_alloc()ed */
+    ngx_uint_t                  size;        /* entries of the ring */
     ngx_uint_t                  head;
     ngx_uint_t                  n;           /* events in the ring */
     ngx_uint_t                  sent;        /* written, not answered */
     ngx_uint_t                  orphans;     /* answers of dropped events */
+    ngx_uint_t                  answers;     /* ever read, of progress */
+    unsigned                    dropping:1;  /* logged, not empty since */
 
     ngx_peer_connection_t       peer;
     ngx_buf_t                  *out;
@@ -67,6 +126,7 @@ struct ngx_presence_events_s {
     unsigned                    close:1;
     unsigned                    connecting:1;
     unsigned                    failing:1;   /* logged, not recovered yet */
+    unsigned                    late:1;      /* the answer timer expired */
 
     ngx_msec_t                  backoff;
     ngx_event_t                 flush;       /* posted */
@@ -75,9 +135,18 @@ struct ngx_presence_events_s {
     ngx_presence_table_t       *table;
     ngx_log_t                  *log;
     ngx_log_t                   quiet;       /* connects while failing */
+
+    ngx_shm_zone_t             *shm_zone;
+    ngx_presence_events_sh_t   *sh;
 };
 
 
+static ngx_int_t ngx_presence_events_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_presence_events_counters_t *ngx_presence_events_counters(
+    ngx_presence_events_t *pe);
+static ngx_int_t ngx_presence_events_grow(ngx_presence_events_t *pe);
+static void ngx_presence_events_shrink(ngx_presence_events_t *pe);
 static void ngx_presence_events_flush_handler(ngx_event_t *ev);
 static void ngx_presence_events_run(ngx_presence_events_t *pe);
 static ngx_int_t ngx_presence_events_connect(ngx_presence_events_t *pe);
@@ -96,12 +165,16 @@ static void ngx_presence_events_fail(ngx_presence_events_t *pe,
     const char *reason);
 
 
+static u_char  ngx_presence_events_tag;  /* of the counters' zone */
+
+
 /* presence_publish unix:/path/to.sock:/location [queue=N] */
 
 ngx_presence_events_t *
 ngx_presence_events_create(ngx_conf_t *cf, ngx_str_t *url, ngx_uint_t queue)
 {
     u_char                 *p;
+    ngx_str_t               name;
     ngx_url_t               u;
     ngx_presence_events_t  *pe;
 
@@ -142,7 +215,7 @@ ngx_presence_events_create(ngx_conf_t *cf, ngx_str_t *url, ngx_uint_t queue)
     }
 
     pe->addr = u.addrs[0];
-    pe->max = queue ? queue : NGX_PRESENCE_EVENTS_QUEUE;
+    pe->max = queue;            /* 0: by the zone, in init_process */
 
     /* the path ends with "/": the channel id follows */
 
@@ -167,7 +240,97 @@ ngx_presence_events_create(ngx_conf_t *cf, ngx_str_t *url, ngx_uint_t queue)
                       + NGX_INT32_LEN + NGX_SIZE_T_LEN
                       + NGX_PRESENCE_JSON_LEN;
 
+    ngx_str_set(&name, NGX_PRESENCE_EVENTS_ZONE);
+
+    pe->shm_zone = ngx_shared_memory_add(cf, &name,
+                                         sizeof(ngx_presence_events_sh_t)
+                                         + 8 * ngx_pagesize,
+                                         &ngx_presence_events_tag);
+    if (pe->shm_zone == NULL) {
+        return NULL;
+    }
+
+    pe->shm_zone->init = ngx_presence_events_init_zone;
+    pe->shm_zone->data = pe;
+
     return pe;
+}
+
+
+static ngx_int_t
+ngx_presence_events_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_presence_events_t  *ope = data;
+
+    ngx_slab_pool_t           *shpool;
+    ngx_presence_events_t     *pe;
+    ngx_presence_events_sh_t  *sh;
+
+    pe = shm_zone->data;
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    /* a reload: the counters go on */
+
+    if (ope && ope->sh && ope->sh->magic == NGX_PRESENCE_EVENTS_MAGIC) {
+        pe->sh = ope->sh;
+        return NGX_OK;
+    }
+
+    if (shm_zone->shm.exists) {
+        sh = shpool->data;
+
+        if (sh && sh->magic == NGX_PRESENCE_EVENTS_MAGIC) {
+            pe->sh = sh;
+            return NGX_OK;
+        }
+    }
+
+    sh = ngx_slab_calloc(shpool, sizeof(ngx_presence_events_sh_t));
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    sh->magic = NGX_PRESENCE_EVENTS_MAGIC;
+    shpool->data = sh;
+    pe->sh = sh;
+
+    return NGX_OK;
+}
+
+
+static ngx_presence_events_counters_t *
+ngx_presence_events_counters(ngx_presence_events_t *pe)
+{
+    ngx_int_t  slot;
+
+    slot = ngx_process_slot;
+
+    if (slot < 0 || slot >= NGX_MAX_PROCESSES) {
+        slot = 0;
+    }
+
+    return &pe->sh->counters[slot];
+}
+
+
+void
+ngx_presence_events_stats(ngx_presence_events_t *pe, uint64_t *published,
+    uint64_t *dropped, uint64_t *errors)
+{
+    ngx_uint_t                       i;
+    ngx_presence_events_counters_t  *c;
+
+    *published = 0;
+    *dropped = 0;
+    *errors = 0;
+
+    for (i = 0; i < NGX_MAX_PROCESSES; i++) {
+        c = &pe->sh->counters[i];
+
+        *published += __atomic_load_n(&c->published, __ATOMIC_RELAXED);
+        *dropped += __atomic_load_n(&c->dropped, __ATOMIC_RELAXED);
+        *errors += __atomic_load_n(&c->errors, __ATOMIC_RELAXED);
+    }
 }
 
 
@@ -178,8 +341,14 @@ ngx_presence_events_init_process(ngx_presence_events_t *pe,
     pe->log = cycle->log;
     pe->table = table;
 
-    pe->ring = ngx_palloc(cycle->pool,
-                          pe->max * sizeof(ngx_presence_change_t));
+    if (pe->max == 0) {
+        /* every user of the zone going offline at once, and more */
+        pe->max = table->sh->max_users + NGX_PRESENCE_EVENTS_QUEUE;
+    }
+
+    pe->size = ngx_min(pe->max, NGX_PRESENCE_EVENTS_QUEUE_START);
+
+    pe->ring = ngx_alloc(pe->size * sizeof(ngx_presence_event_t), cycle->log);
     if (pe->ring == NULL) {
         return NGX_ERROR;
     }
@@ -239,6 +408,18 @@ ngx_presence_events_exit_process(ngx_presence_events_t *pe)
     if (pe->peer.connection) {
         ngx_presence_events_close(pe);
     }
+
+    if (pe->n) {
+        /* not answered by nchan: lost with this process, and counted */
+        ngx_presence_events_counters(pe)->dropped += pe->n;
+
+        ngx_log_error(NGX_LOG_WARN, pe->log, 0,
+                      "presence events: %ui events not published at exit",
+                      pe->n);
+    }
+
+    ngx_free(pe->ring);
+    pe->ring = NULL;
 }
 
 
@@ -255,23 +436,40 @@ void
 ngx_presence_events_publish(ngx_presence_events_t *pe,
     ngx_presence_change_t *ch)
 {
-    ngx_presence_table_t  *table = pe->table;
+    ngx_presence_event_t  *e;
 
-    if (pe->n == pe->max) {
+    if (pe->ring == NULL) {
+        /* exiting */
+        ngx_presence_events_counters(pe)->dropped++;
+        return;
+    }
+
+    if (pe->n == pe->size && ngx_presence_events_grow(pe) != NGX_OK) {
         /* full: the oldest goes; if it was written, its answer is ignored */
+
+        if (!pe->dropping) {
+            pe->dropping = 1;
+            ngx_log_error(NGX_LOG_WARN, pe->log, 0,
+                          "presence events: %ui events wait for the "
+                          "publisher, dropping the oldest", pe->n);
+        }
 
         if (pe->sent) {
             pe->sent--;
             pe->orphans++;
         }
 
-        pe->head = (pe->head + 1) % pe->max;
+        pe->head = (pe->head + 1) % pe->size;
         pe->n--;
 
-        ngx_presence_counters(table)->dropped++;
+        ngx_presence_events_counters(pe)->dropped++;
     }
 
-    pe->ring[(pe->head + pe->n) % pe->max] = *ch;
+    e = &pe->ring[(pe->head + pe->n) % pe->size];
+    e->id = ch->id;
+    e->seq = ch->seq;
+    e->last_seen = ch->last_seen | (ch->online ? NGX_PRESENCE_EVENT_ONLINE
+                                               : 0);
     pe->n++;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pe->log, 0,
@@ -281,6 +479,83 @@ ngx_presence_events_publish(ngx_presence_events_t *pe,
     if (!pe->flush.posted && !pe->retry.timer_set) {
         ngx_post_event(&pe->flush, &ngx_posted_events);
     }
+}
+
+
+/* doubles the ring, up to its bound; NGX_DECLINED: at the bound */
+
+static ngx_int_t
+ngx_presence_events_grow(ngx_presence_events_t *pe)
+{
+    size_t                 tail;
+    ngx_uint_t             size;
+    ngx_presence_event_t  *ring;
+
+    if (pe->size == pe->max) {
+        return NGX_DECLINED;
+    }
+
+    size = ngx_min(pe->size * 2, pe->max);
+
+    ring = ngx_alloc(size * sizeof(ngx_presence_event_t), pe->log);
+    if (ring == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* the events in order from index 0: the part from the head, the rest */
+
+    tail = ngx_min(pe->n, pe->size - pe->head);
+
+    ngx_memcpy(ring, &pe->ring[pe->head],
+               tail * sizeof(ngx_presence_event_t));
+    ngx_memcpy(&ring[tail], pe->ring,
+               (pe->n - tail) * sizeof(ngx_presence_event_t));
+
+    ngx_free(pe->ring);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pe->log, 0,
+                   "presence events: queue of %ui grows to %ui",
+                   pe->size, size);
+
+    pe->ring = ring;
+    pe->size = size;
+    pe->head = 0;
+
+    return NGX_OK;
+}
+
+
+/* all answered: a grown ring goes back to its first size */
+
+static void
+ngx_presence_events_shrink(ngx_presence_events_t *pe)
+{
+    ngx_uint_t             size;
+    ngx_presence_event_t  *ring;
+
+    pe->dropping = 0;
+
+    size = ngx_min(pe->max, NGX_PRESENCE_EVENTS_QUEUE_START);
+
+    if (pe->size == size) {
+        return;
+    }
+
+    ring = ngx_alloc(size * sizeof(ngx_presence_event_t), pe->log);
+    if (ring == NULL) {
+        /* the big one serves on */
+        return;
+    }
+
+    ngx_free(pe->ring);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pe->log, 0,
+                   "presence events: queue of %ui back to %ui",
+                   pe->size, size);
+
+    pe->ring = ring;
+    pe->size = size;
+    pe->head = 0;
 }
 
 
@@ -399,6 +674,12 @@ ngx_presence_events_send(ngx_presence_events_t *pe)
         return NGX_ERROR;
     }
 
+    /* a publisher that stops answering is left, the requests go again */
+
+    if (pe->sent + pe->orphans && !c->read->timer_set) {
+        ngx_add_timer(c->read, NGX_PRESENCE_EVENTS_ANSWER);
+    }
+
     return NGX_OK;
 }
 
@@ -406,9 +687,9 @@ ngx_presence_events_send(ngx_presence_events_t *pe)
 static void
 ngx_presence_events_fill(ngx_presence_events_t *pe)
 {
-    u_char                 *p, json[NGX_PRESENCE_JSON_LEN];
-    ngx_buf_t              *b;
-    ngx_presence_change_t  *ch;
+    u_char                *p, json[NGX_PRESENCE_JSON_LEN];
+    ngx_buf_t             *b;
+    ngx_presence_event_t  *e;
 
     b = pe->out;
 
@@ -416,10 +697,12 @@ ngx_presence_events_fill(ngx_presence_events_t *pe)
            && pe->sent + pe->orphans < NGX_PRESENCE_EVENTS_INFLIGHT
            && (size_t) (b->end - b->last) >= pe->request_max)
     {
-        ch = &pe->ring[(pe->head + pe->sent) % pe->max];
+        e = &pe->ring[(pe->head + pe->sent) % pe->size];
 
-        p = ngx_presence_json(json, ch->id, ch->online, ch->last_seen,
-                              ch->seq);
+        p = ngx_presence_json(json, e->id,
+                              (e->last_seen & NGX_PRESENCE_EVENT_ONLINE) != 0,
+                              e->last_seen & ~NGX_PRESENCE_EVENT_ONLINE,
+                              e->seq);
 
         b->last = ngx_sprintf(b->last,
                               "POST %V" NGX_PRESENCE_CHANNEL_PREFIX "%uD "
@@ -427,7 +710,7 @@ ngx_presence_events_fill(ngx_presence_events_t *pe)
                               "Host: localhost" CRLF
                               "Content-Type: application/json" CRLF
                               "Content-Length: %uz" CRLF CRLF,
-                              &pe->path, ch->id, (size_t) (p - json));
+                              &pe->path, e->id, (size_t) (p - json));
 
         b->last = ngx_cpymem(b->last, json, p - json);
 
@@ -485,12 +768,32 @@ ngx_presence_events_read_handler(ngx_event_t *rev)
 {
     ssize_t                 n;
     ngx_buf_t              *b;
+    ngx_uint_t              answers;
     ngx_connection_t       *c;
     ngx_presence_events_t  *pe;
 
     c = rev->data;
     pe = c->data;
     b = pe->in;
+
+    if (rev->timedout) {
+        /*
+         * Twice in a row: once may be this worker's own stall (a stopped
+         * process finds every timer expired when it goes on)
+         */
+        rev->timedout = 0;
+
+        if (pe->late) {
+            ngx_presence_events_fail(pe, "the publisher did not answer "
+                                         "in time");
+            return;
+        }
+
+        pe->late = 1;
+        ngx_add_timer(rev, NGX_PRESENCE_EVENTS_ANSWER);
+    }
+
+    answers = pe->answers;
 
     for ( ;; ) {
 
@@ -551,6 +854,17 @@ ngx_presence_events_read_handler(ngx_event_t *rev)
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
         ngx_presence_events_fail(pe, "cannot add read event");
         return;
+    }
+
+    if (pe->answers != answers) {
+        pe->late = 0;
+
+        if (pe->sent + pe->orphans) {
+            ngx_add_timer(rev, NGX_PRESENCE_EVENTS_ANSWER);
+
+        } else if (rev->timer_set) {
+            ngx_del_timer(rev);
+        }
     }
 
     /* answers make room for more requests in flight */
@@ -617,7 +931,8 @@ ngx_presence_events_parse(ngx_presence_events_t *pe)
             }
 
             if (line.len < sizeof("HTTP/1.1 200") - 1
-                || ngx_strncmp(line.data, "HTTP/1.", 7) != 0
+                || ngx_strncmp(line.data, "HTTP/1.", sizeof("HTTP/1.") - 1)
+                   != 0
                 || line.data[8] != ' ')
             {
                 goto invalid;
@@ -819,21 +1134,38 @@ ngx_presence_events_header(ngx_presence_events_t *pe, ngx_str_t *line)
 static ngx_int_t
 ngx_presence_events_answered(ngx_presence_events_t *pe)
 {
-    ngx_presence_counters_t  *c;
+    ngx_presence_events_counters_t  *c;
 
-    c = ngx_presence_counters(pe->table);
+    c = ngx_presence_events_counters(pe);
 
     pe->state = NGX_PRESENCE_EV_STATUS;
+    pe->answers++;
 
     if (pe->orphans) {
         pe->orphans--;
 
     } else if (pe->sent) {
+        if (ngx_presence_events_again(pe->status)) {
+            /*
+             * The event stays at the head and goes again on a new
+             * connection, after a backoff: nchan frees the messages it
+             * published some seconds ago.  Those after it that nchan took
+             * meanwhile are published twice (clients order by seq).
+             */
+            ngx_log_error(NGX_LOG_WARN, pe->log, 0,
+                          "presence events: the publisher answered %ui "
+                          "(nchan out of shared memory?) to the event of "
+                          "user %uD, publishing it again later",
+                          pe->status, pe->ring[pe->head].id);
+            ngx_presence_events_fail(pe, NULL);
+            return NGX_ERROR;
+        }
+
         if (pe->status >= 200 && pe->status < 300) {
             c->published++;
 
         } else {
-            c->publish_errors++;
+            c->errors++;
 
             ngx_log_error(NGX_LOG_WARN, pe->log, 0,
                           "presence events: the publisher answered %ui to "
@@ -841,9 +1173,13 @@ ngx_presence_events_answered(ngx_presence_events_t *pe)
                           pe->status, pe->ring[pe->head].id);
         }
 
-        pe->head = (pe->head + 1) % pe->max;
+        pe->head = (pe->head + 1) % pe->size;
         pe->n--;
         pe->sent--;
+
+        if (pe->n == 0) {
+            ngx_presence_events_shrink(pe);
+        }
 
     } else {
         ngx_presence_events_fail(pe, "an answer to no request");
@@ -882,6 +1218,7 @@ ngx_presence_events_close(ngx_presence_events_t *pe)
     }
 
     pe->connecting = 0;
+    pe->late = 0;
     pe->sent = 0;
     pe->orphans = 0;
     pe->state = NGX_PRESENCE_EV_STATUS;
@@ -897,7 +1234,7 @@ ngx_presence_events_close(ngx_presence_events_t *pe)
 static void
 ngx_presence_events_fail(ngx_presence_events_t *pe, const char *reason)
 {
-    ngx_presence_counters(pe->table)->publish_errors++;
+    ngx_presence_events_counters(pe)->errors++;
 
     if (reason && !pe->failing) {
         ngx_log_error(NGX_LOG_ERR, pe->log, 0,
@@ -918,5 +1255,7 @@ ngx_presence_events_fail(ngx_presence_events_t *pe, const char *reason)
         ngx_add_timer(&pe->retry, pe->backoff);
     }
 
-    pe->backoff = ngx_min(pe->backoff * 2, NGX_PRESENCE_EVENTS_BACKOFF_MAX);
+    pe->backoff = ngx_presence_backoff(pe->backoff,
+                                       NGX_PRESENCE_EVENTS_BACKOFF,
+                                       NGX_PRESENCE_EVENTS_BACKOFF_MAX);
 }

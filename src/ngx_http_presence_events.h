@@ -19,8 +19,20 @@
 /* the channel of user N is "presence.N" */
 #define NGX_PRESENCE_CHANNEL_PREFIX  "presence."
 
-/* events waiting for the publisher, per worker, unless queue= says */
-#define NGX_PRESENCE_EVENTS_QUEUE    10000
+/*
+ * Events waiting for the publisher, per worker: the queue starts with
+ * NGX_PRESENCE_EVENTS_QUEUE_START entries and doubles on demand up to a
+ * bound, so that a mass expiry (a restart, all users timing out in one
+ * sweep of one worker) is published whole.  The bound is queue= of
+ * presence_publish, by default the users the zone holds plus
+ * NGX_PRESENCE_EVENTS_QUEUE.  An entry takes NGX_PRESENCE_EVENT_SIZE bytes
+ * of the worker's own memory, only while that many events wait: 16 MB a
+ * million events.
+ */
+#define NGX_PRESENCE_EVENTS_QUEUE        1048576
+#define NGX_PRESENCE_EVENTS_QUEUE_START  1024
+#define NGX_PRESENCE_EVENTS_QUEUE_MAX    16777216
+#define NGX_PRESENCE_EVENT_SIZE          16
 
 
 typedef struct ngx_presence_events_s  ngx_presence_events_t;
@@ -34,6 +46,10 @@ void ngx_presence_events_exit_process(ngx_presence_events_t *ev);
 void ngx_presence_events_publish(ngx_presence_events_t *ev,
     ngx_presence_change_t *ch);
 ngx_uint_t ngx_presence_events_queued(ngx_presence_events_t *ev);
+
+/* of all processes: events nchan took, lost to a full queue, failures */
+void ngx_presence_events_stats(ngx_presence_events_t *ev,
+    uint64_t *published, uint64_t *dropped, uint64_t *errors);
 
 
 #endif /* _NGX_HTTP_PRESENCE_EVENTS_H_INCLUDED_ */

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <librdkafka/rdkafka.h>
 #include "ngx_http_presence_kafka.h"
+#include "ngx_http_presence_json.h"
 
 
 /* poll intervals, ms: while messages are in flight, and otherwise */
@@ -25,6 +26,7 @@
 #define NGX_PRESENCE_KAFKA_POLL_IDLE   500
 
 #define NGX_PRESENCE_KAFKA_QUEUE       1000000
+#define NGX_PRESENCE_KAFKA_TOPIC_MAX   249      /* a topic name's bytes */
 
 
 typedef struct {
@@ -49,6 +51,9 @@ struct ngx_presence_kafka_s {
     ngx_presence_kafka_dr_pt    handler;
     void                       *data;
 
+    ngx_presence_kafka_headers_pt  headers;
+    void                          *headers_data;
+
     ngx_uint_t                  inflight;
     ngx_uint_t                  delivered;
     ngx_uint_t                  errors;
@@ -64,6 +69,9 @@ static ngx_int_t ngx_presence_kafka_new(ngx_presence_kafka_t *kf);
 static void ngx_presence_kafka_destroy(ngx_presence_kafka_t *kf);
 static void ngx_presence_kafka_poll_handler(ngx_event_t *ev);
 static void ngx_presence_kafka_arm(ngx_presence_kafka_t *kf);
+static ngx_int_t ngx_presence_kafka_send(ngx_presence_kafka_t *kf,
+    u_char *key, size_t key_len, u_char *value, size_t value_len,
+    uint64_t opaque, rd_kafka_headers_t *hdrs);
 static void ngx_presence_kafka_dr(rd_kafka_t *rk,
     const rd_kafka_message_t *msg, void *opaque);
 static void ngx_presence_kafka_error(rd_kafka_t *rk, int err,
@@ -99,7 +107,7 @@ ngx_presence_kafka_create(ngx_conf_t *cf)
     size_t                      len;
     u_char                     *eq;
     ngx_int_t                   n;
-    ngx_str_t                  *value, topic;
+    ngx_str_t                  *value, topic, arg;
     ngx_uint_t                  i, k;
     rd_kafka_t                 *rk;
     rd_kafka_conf_t            *conf, *scratch;
@@ -136,27 +144,32 @@ ngx_presence_kafka_create(ngx_conf_t *cf)
 
         len = eq - value[i].data;
 
-        if (len == 7 && ngx_strncmp(value[i].data, "brokers", 7) == 0) {
+        arg.data = eq + 1;
+        arg.len = value[i].data + value[i].len - arg.data;
 
-            if (eq + 1 == value[i].data + value[i].len) {
+        if (len == sizeof("brokers") - 1
+            && ngx_strncmp(value[i].data, "brokers", len) == 0)
+        {
+            if (arg.len == 0) {
                 goto invalid;
             }
 
-            kf->brokers = ngx_pnalloc(cf->pool, value[i].len - 7);
+            kf->brokers = ngx_pnalloc(cf->pool, arg.len + 1);
             if (kf->brokers == NULL) {
                 goto failed;
             }
 
-            ngx_cpystrn((u_char *) kf->brokers, eq + 1, value[i].len - 7);
+            ngx_cpystrn((u_char *) kf->brokers, arg.data, arg.len + 1);
             continue;
         }
 
-        if (len == 5 && ngx_strncmp(value[i].data, "topic", 5) == 0) {
-            topic.data = eq + 1;
-            topic.len = value[i].len - 6;
+        if (len == sizeof("topic") - 1
+            && ngx_strncmp(value[i].data, "topic", len) == 0)
+        {
+            topic = arg;
 
             /* what a Kafka topic name may hold */
-            if (topic.len == 0 || topic.len > 249) {
+            if (topic.len == 0 || topic.len > NGX_PRESENCE_KAFKA_TOPIC_MAX) {
                 goto invalid;
             }
 
@@ -174,9 +187,11 @@ ngx_presence_kafka_create(ngx_conf_t *cf)
             continue;
         }
 
-        if (len == 5 && ngx_strncmp(value[i].data, "queue", 5) == 0) {
-            n = ngx_atoi(eq + 1, value[i].len - 6);
-            if (n < 1 || n > 2147483647) {
+        if (len == sizeof("queue") - 1
+            && ngx_strncmp(value[i].data, "queue", len) == 0)
+        {
+            n = ngx_atoi(arg.data, arg.len);
+            if (n < 1 || n > NGX_MAX_INT32_VALUE) {
                 goto invalid;
             }
 
@@ -439,9 +454,25 @@ ngx_int_t
 ngx_presence_kafka_produce(ngx_presence_kafka_t *kf, u_char *key,
     size_t key_len, u_char *value, size_t value_len, uint64_t opaque)
 {
+    return ngx_presence_kafka_send(kf, key, key_len, value, value_len, opaque,
+                                   NULL);
+}
+
+
+/* hdrs: NULL or librdkafka's once the message is taken, else destroyed */
+
+static ngx_int_t
+ngx_presence_kafka_send(ngx_presence_kafka_t *kf, u_char *key,
+    size_t key_len, u_char *value, size_t value_len, uint64_t opaque,
+    rd_kafka_headers_t *hdrs)
+{
     rd_kafka_resp_err_t  err;
 
     if (kf->rk == NULL || kf->pid != ngx_pid) {
+        if (hdrs) {
+            rd_kafka_headers_destroy(hdrs);
+        }
+
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "kafka: producer not started in this process");
         return NGX_ERROR;
@@ -449,13 +480,29 @@ ngx_presence_kafka_produce(ngx_presence_kafka_t *kf, u_char *key,
 
     /* the opaque rides in the message's pointer: 64 bits on our targets */
 
-    err = rd_kafka_producev(kf->rk,
-                            RD_KAFKA_V_RKT(kf->rkt),
-                            RD_KAFKA_V_KEY(key, key_len),
-                            RD_KAFKA_V_VALUE(value, value_len),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                            RD_KAFKA_V_OPAQUE((void *) (uintptr_t) opaque),
-                            RD_KAFKA_V_END);
+    if (hdrs) {
+        err = rd_kafka_producev(kf->rk,
+                                RD_KAFKA_V_RKT(kf->rkt),
+                                RD_KAFKA_V_KEY(key, key_len),
+                                RD_KAFKA_V_VALUE(value, value_len),
+                                RD_KAFKA_V_HEADERS(hdrs),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_OPAQUE((void *) (uintptr_t) opaque),
+                                RD_KAFKA_V_END);
+
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_headers_destroy(hdrs);
+        }
+
+    } else {
+        err = rd_kafka_producev(kf->rk,
+                                RD_KAFKA_V_RKT(kf->rkt),
+                                RD_KAFKA_V_KEY(key, key_len),
+                                RD_KAFKA_V_VALUE(value, value_len),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_OPAQUE((void *) (uintptr_t) opaque),
+                                RD_KAFKA_V_END);
+    }
 
     switch (err) {
 
@@ -478,6 +525,106 @@ ngx_presence_kafka_produce(ngx_presence_kafka_t *kf, u_char *key,
     }
 
     return NGX_OK;
+}
+
+
+void
+ngx_presence_kafka_set_headers(ngx_presence_kafka_t *kf,
+    ngx_presence_kafka_headers_pt handler, void *data)
+{
+    kf->headers = handler;
+    kf->headers_data = data;
+}
+
+
+ngx_int_t
+ngx_presence_kafka_conf_access(ngx_presence_kafka_t *kf, void *conf,
+    char *errstr, size_t size)
+{
+    ngx_uint_t                  i;
+    ngx_presence_kafka_prop_t  *prop;
+
+    prop = kf->props.elts;
+
+    for (i = 0; i < kf->props.nelts; i++) {
+        if (ngx_strncmp(prop[i].name, "security.", 9) != 0
+            && ngx_strncmp(prop[i].name, "ssl.", 4) != 0
+            && ngx_strncmp(prop[i].name, "sasl.", 5) != 0)
+        {
+            continue;
+        }
+
+        if (rd_kafka_conf_set(conf, prop[i].name, prop[i].value, errstr,
+                              size)
+            != RD_KAFKA_CONF_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_presence_kafka_brokers(ngx_presence_kafka_t *kf)
+{
+    return kf->brokers;
+}
+
+
+char *
+ngx_presence_kafka_topic(ngx_presence_kafka_t *kf)
+{
+    return kf->topic;
+}
+
+
+/*
+ * A cluster (the headers are set) logs a change of only the invisible
+ * flag of an offline user as well: "offline" again, seq 2 on, with
+ * presence-invisible 1, so that the other nodes' replicas hold the flag
+ * when the user's heartbeats move to them (doc/cluster.md).
+ */
+
+ngx_uint_t
+ngx_presence_kafka_logs_hidden(ngx_presence_kafka_t *kf)
+{
+    return kf->headers != NULL;
+}
+
+
+ngx_int_t
+ngx_presence_kafka_produce_change(ngx_presence_kafka_t *kf, u_char *key,
+    size_t key_len, u_char *value, size_t value_len, uint64_t opaque,
+    uint32_t id, ngx_uint_t invisible)
+{
+    ngx_int_t                    rc;
+    ngx_uint_t                   i, n;
+    rd_kafka_headers_t          *hdrs;
+    ngx_presence_kafka_header_t  h[NGX_PRESENCE_KAFKA_HEADERS];
+
+    if (kf->headers == NULL) {
+        return ngx_presence_kafka_send(kf, key, key_len, value, value_len,
+                                       opaque, NULL);
+    }
+
+    n = 0;
+
+    rc = kf->headers(kf->headers_data, id, invisible, h, &n);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    hdrs = rd_kafka_headers_new(n);
+
+    for (i = 0; i < n && i < NGX_PRESENCE_KAFKA_HEADERS; i++) {
+        (void) rd_kafka_header_add(hdrs, h[i].name, -1, h[i].value,
+                                   (ssize_t) h[i].len);
+    }
+
+    return ngx_presence_kafka_send(kf, key, key_len, value, value_len, opaque,
+                                   hdrs);
 }
 
 
@@ -690,4 +837,79 @@ ngx_presence_kafka_log(const rd_kafka_t *rk, int level, const char *fac,
     level = ngx_max(0, ngx_min(level, 7)) + 1;
 
     ngx_log_error((ngx_uint_t) level, kf->log, 0, "kafka: %s: %s", fac, buf);
+}
+
+
+/* The write-behind's sink: one message a change */
+
+static ngx_int_t ngx_presence_kafka_sink_start(ngx_presence_batch_t *b);
+static void ngx_presence_kafka_sink_dr(void *data, uint64_t opaque,
+    ngx_int_t rc);
+static ngx_int_t ngx_presence_kafka_sink_send(ngx_presence_batch_t *b);
+static void ngx_presence_kafka_sink_stop(ngx_presence_batch_t *b);
+
+
+ngx_presence_sink_ops_t  ngx_presence_kafka_sink = {
+    "kafka",
+    0,                              /* a message sink */
+    NGX_MAX_UINT32_VALUE,
+    0,
+    ngx_presence_kafka_sink_start,
+    NULL,
+    ngx_presence_kafka_sink_send,
+    NULL,
+    ngx_presence_kafka_sink_stop
+};
+
+
+static ngx_int_t
+ngx_presence_kafka_sink_start(ngx_presence_batch_t *b)
+{
+    return ngx_presence_kafka_start(b->store, b->log,
+                                    ngx_presence_kafka_sink_dr, b);
+}
+
+
+static void
+ngx_presence_kafka_sink_dr(void *data, uint64_t opaque, ngx_int_t rc)
+{
+    ngx_presence_batch_t  *b = data;
+
+    b->done(b, rc, opaque);
+}
+
+
+static ngx_int_t
+ngx_presence_kafka_sink_send(ngx_presence_batch_t *b)
+{
+    u_char                *k, *v;
+    u_char                 key[NGX_INT32_LEN], json[NGX_PRESENCE_JSON_LEN];
+    ngx_presence_entry_t  *e;
+
+    e = b->entry;
+
+    if (!(e->item.flags & NGX_PRESENCE_RING_PUBLISH)
+        && !ngx_presence_kafka_logs_hidden(b->store))
+    {
+        /* only the invisible flag of an offline user changed: no event */
+        return NGX_DECLINED;
+    }
+
+    k = ngx_sprintf(key, "%uD", e->item.id);
+    v = ngx_presence_json(json, e->item.id,
+                          e->item.flags & NGX_PRESENCE_RING_ONLINE,
+                          e->item.last_seen, e->item.seq);
+
+    /* the cluster's headers (doc/cluster.md); NGX_DECLINED: not logged */
+    return ngx_presence_kafka_produce_change(b->store, key, k - key, json,
+                                   v - json, e->pos, e->item.id,
+                                   e->item.flags & NGX_PRESENCE_RING_INVISIBLE);
+}
+
+
+static void
+ngx_presence_kafka_sink_stop(ngx_presence_batch_t *b)
+{
+    /* the delivery reports of the flush still move the cursor */
+    ngx_presence_kafka_stop(b->store, NGX_PRESENCE_KAFKA_FLUSH);
 }

@@ -16,6 +16,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include "ngx_http_presence_sink.h"
 
 
 typedef struct ngx_presence_kafka_s  ngx_presence_kafka_t;
@@ -64,9 +65,69 @@ ngx_int_t ngx_presence_kafka_produce(ngx_presence_kafka_t *kf, u_char *key,
  */
 void ngx_presence_kafka_stop(ngx_presence_kafka_t *kf, ngx_msec_t flush);
 
+/* a header of a message: name a C string, value copied by librdkafka */
+typedef struct {
+    const char                 *name;
+    u_char                     *value;
+    size_t                      len;
+} ngx_presence_kafka_header_t;
+
+#define NGX_PRESENCE_KAFKA_HEADERS  4
+
+/*
+ * Asked for the headers of the message of a user's change (the cluster:
+ * doc/cluster.md): NGX_OK and *n headers in h (at most
+ * NGX_PRESENCE_KAFKA_HEADERS, valid until the next call); NGX_DECLINED:
+ * the change must not be logged.
+ */
+typedef ngx_int_t (*ngx_presence_kafka_headers_pt)(void *data, uint32_t id,
+    ngx_uint_t invisible, ngx_presence_kafka_header_t *h, ngx_uint_t *n);
+
+/* configuration time: every change's message gets headers from handler */
+void ngx_presence_kafka_set_headers(ngx_presence_kafka_t *kf,
+    ngx_presence_kafka_headers_pt handler, void *data);
+
+/*
+ * ngx_presence_kafka_produce() of the message of a user's change, with
+ * the headers of set_headers(); NGX_DECLINED: the handler said it must
+ * not be logged, nothing was produced.
+ */
+ngx_int_t ngx_presence_kafka_produce_change(ngx_presence_kafka_t *kf,
+    u_char *key, size_t key_len, u_char *value, size_t value_len,
+    uint64_t opaque, uint32_t id, ngx_uint_t invisible);
+
+/*
+ * 1: a change of only the invisible flag of an offline user is logged
+ * too (a cluster's replicas need it); 0: only visible changes are.
+ */
+ngx_uint_t ngx_presence_kafka_logs_hidden(ngx_presence_kafka_t *kf);
+
+/*
+ * For a consumer of the same brokers (a rd_kafka_conf_t *): the
+ * operator's properties that say how to reach them (security.*, ssl.*,
+ * sasl.*), as given to presence_kafka.  NGX_ERROR: errstr says why.
+ */
+ngx_int_t ngx_presence_kafka_conf_access(ngx_presence_kafka_t *kf,
+    void *conf, char *errstr, size_t size);
+
+/* the configuration, null-terminated: for a consumer of the same topic */
+char *ngx_presence_kafka_brokers(ngx_presence_kafka_t *kf);
+char *ngx_presence_kafka_topic(ngx_presence_kafka_t *kf);
+
 /* this process's: messages in flight, delivered, failed */
 void ngx_presence_kafka_stats(ngx_presence_kafka_t *kf, ngx_uint_t *inflight,
     ngx_uint_t *delivered, ngx_uint_t *errors);
+
+/*
+ * The write-behind's sink (a message sink, the batch's store an
+ * ngx_presence_kafka_t): a change is one message, keyed by the user's id,
+ * its value the status JSON of the API (ngx_presence_json()).  The
+ * producer is started in start() and flushed for at most
+ * NGX_PRESENCE_KAFKA_FLUSH ms in stop().
+ */
+#define NGX_PRESENCE_KAFKA_FLUSH  2000
+
+extern ngx_presence_sink_ops_t  ngx_presence_kafka_sink;
 
 
 #endif /* _NGX_HTTP_PRESENCE_KAFKA_H_INCLUDED_ */

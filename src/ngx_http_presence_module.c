@@ -7,18 +7,45 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <openssl/evp.h>
 #include "ngx_http_presence.h"
 
 
-#define NGX_HTTP_PRESENCE_SYNC_METRICS_LEN  (2048 + 12 * NGX_INT64_LEN)
+/* the defaults, in ms: presence_timeout (also the Redis refresh when no
+ * location sets a timeout), presence_token_ttl, presence_sync_interval,
+ * presence_pg_refresh */
+#define NGX_HTTP_PRESENCE_TIMEOUT        30000
+#define NGX_HTTP_PRESENCE_TOKEN_TTL      ((ngx_msec_t) 30 * 86400 * 1000)
+#define NGX_HTTP_PRESENCE_SYNC_INTERVAL  1000
+#define NGX_HTTP_PRESENCE_PG_REFRESH     300000
+
+/* presence_zone and presence_cache_zone: size=, at least */
+#define NGX_HTTP_PRESENCE_ZONE_MIN       (1024 * 1024)
+
+/* the subscription cache presence_postgres makes without a cache zone */
+#define NGX_HTTP_PRESENCE_SUBS_ZONE      (16 * 1024 * 1024)
+
+/* presence_zone max_users=, at most (0xffffffff is no user) */
+#define NGX_HTTP_PRESENCE_MAX_USERS      0xfffffffe
+
+/* the secrets: at least this long; a secret file at most this big */
+#define NGX_HTTP_PRESENCE_SECRET_MIN     16
+#define NGX_HTTP_PRESENCE_SECRET_FILE    4096
+
+/* presence_postgres: pool=, its limit, queue=, timeout= (ms) */
+#define NGX_HTTP_PRESENCE_PG_POOL        4
+#define NGX_HTTP_PRESENCE_PG_POOL_MAX    64
+#define NGX_HTTP_PRESENCE_PG_QUEUE       1024
+#define NGX_HTTP_PRESENCE_PG_TIMEOUT     5000
+
+/* presence_sync_queue: a power of 2 between these */
+#define NGX_HTTP_PRESENCE_SYNC_QUEUE_MIN  1024
+#define NGX_HTTP_PRESENCE_SYNC_QUEUE_MAX  (1 << 28)
 
 
 static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_presence_sweep_handler(ngx_event_t *ev);
-static ngx_int_t ngx_http_presence_metrics_handler(ngx_http_request_t *r);
-static u_char *ngx_http_presence_sync_metrics(u_char *p,
-    ngx_presence_sync_t *sync);
 
 static void *ngx_http_presence_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_presence_create_loc_conf(ngx_conf_t *cf);
@@ -28,11 +55,19 @@ static char *ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_secret(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_presence_secret_file(ngx_conf_t *cf,
+    ngx_str_t *name, ngx_str_t *secret);
+static char *ngx_http_presence_gateway_secret(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_presence_identity(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_timeout(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_presence_subs_max(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_presence_ticket_ttl(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -46,9 +81,15 @@ static char *ngx_http_presence_sync_queue(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_store(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_presence_param(ngx_str_t *arg, const char *key,
+    ngx_str_t *value);
+static char *ngx_http_presence_cluster(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_presence_add_variables(ngx_conf_t *cf);
 static char *ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf);
 static ngx_int_t ngx_http_presence_postconfiguration(ngx_conf_t *cf);
+static void ngx_http_presence_pending(ngx_presence_table_t *table,
+    uint32_t id);
 static void ngx_http_presence_changed(ngx_presence_table_t *table,
     ngx_presence_change_t *ch);
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
@@ -58,8 +99,32 @@ static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
 static ngx_conf_post_handler_pt  ngx_http_presence_timeout_p =
     ngx_http_presence_timeout;
 
+static ngx_conf_post_handler_pt  ngx_http_presence_subs_max_p =
+    ngx_http_presence_subs_max;
+
+static ngx_conf_post_handler_pt  ngx_http_presence_ticket_ttl_p =
+    ngx_http_presence_ticket_ttl;
+
+static ngx_conf_num_bounds_t  ngx_http_presence_gateway_max_bounds = {
+    ngx_conf_check_num_bounds, 1, NGX_HTTP_PRESENCE_GATEWAY_LIMIT
+};
+
 
 static ngx_command_t  ngx_http_presence_commands[] = {
+
+    { ngx_string("presence_cluster"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_presence_cluster,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_health"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_presence_cluster_health,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("presence_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE23,
@@ -138,6 +203,22 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       0,
       NULL },
 
+    { ngx_string("presence_subscriptions_max"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, subs)
+          + offsetof(ngx_presence_subs_t, max),
+      &ngx_http_presence_subs_max_p },
+
+    { ngx_string("presence_subscriptions_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, subs)
+          + offsetof(ngx_presence_subs_t, ttl),
+      NULL },
+
     { ngx_string("presence_cache_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
       ngx_http_presence_cache_zone,
@@ -157,6 +238,27 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       ngx_http_presence_endpoint,
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_PRESENCE_STREAM,
+      NULL },
+
+    { ngx_string("presence_events_ticket"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_EVENTS_TICKET,
+      NULL },
+
+    { ngx_string("presence_ticket_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, ticket_ttl),
+      &ngx_http_presence_ticket_ttl_p },
+
+    { ngx_string("presence_events_token"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, events_token),
       NULL },
 
     { ngx_string("presence_publish"),
@@ -201,12 +303,47 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       0,
       NULL },
 
+    { ngx_string("presence_retain"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, retain),
+      NULL },
+
     { ngx_string("presence_token_ttl"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_presence_loc_conf_t, token_ttl),
       NULL },
+
+    { ngx_string("presence_gateway"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_GATEWAY,
+      NULL },
+
+    { ngx_string("presence_gateway_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_presence_gateway_secret,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_gateway_secret_file"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_presence_gateway_secret,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      1,
+      NULL },
+
+    { ngx_string("presence_gateway_max"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, gateway_max),
+      &ngx_http_presence_gateway_max_bounds },
 
       ngx_null_command
 };
@@ -330,7 +467,7 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
     }
 
     if (pmcf->pg
-        && ngx_http_presence_pg_init_process(pmcf->pg, cycle) != NGX_OK)
+        && ngx_presence_pg_init_process(pmcf->pg, cycle) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -358,8 +495,20 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (pmcf->cluster
+        && ngx_presence_cluster_init_process(pmcf->cluster, cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     if (pmcf->events || pmcf->sync) {
         table->changed = ngx_http_presence_changed;
+        table->data = pmcf;
+    }
+
+    /* new users are offline until PostgreSQL tells their invisible flag */
+    if (pmcf->pg && pmcf->sync) {
+        table->pending = ngx_http_presence_pending;
         table->data = pmcf;
     }
 
@@ -367,7 +516,20 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
 }
 
 
-/* table->changed: every change goes to the subscribers and to the stores */
+static void
+ngx_http_presence_pending(ngx_presence_table_t *table, uint32_t id)
+{
+    ngx_http_presence_main_conf_t  *pmcf = table->data;
+
+    ngx_presence_sync_pending(pmcf->sync, id);
+}
+
+
+/*
+ * table->changed: a change of the visible status goes to the subscribers;
+ * every change (the invisible flag of an offline user too, a cluster's
+ * takeover) to the stores and the log
+ */
 
 static void
 ngx_http_presence_changed(ngx_presence_table_t *table,
@@ -375,7 +537,7 @@ ngx_http_presence_changed(ngx_presence_table_t *table,
 {
     ngx_http_presence_main_conf_t  *pmcf = table->data;
 
-    if (pmcf->events) {
+    if (pmcf->events && ch->publish && !ch->claim) {
         ngx_presence_events_publish(pmcf->events, ch);
     }
 
@@ -393,13 +555,17 @@ ngx_http_presence_exit_process(ngx_cycle_t *cycle)
     pmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_presence_module);
 
+    if (pmcf && pmcf->cluster) {
+        ngx_presence_cluster_exit_process(pmcf->cluster);
+    }
+
     if (pmcf && pmcf->sync) {
         /* first: Kafka's bounded flush, the lock */
         ngx_presence_sync_exit_process(pmcf->sync);
     }
 
     if (pmcf && pmcf->pg) {
-        ngx_http_presence_pg_exit_process(pmcf->pg);
+        ngx_presence_pg_exit_process(pmcf->pg);
     }
 
     if (pmcf == NULL || pmcf->shm_zone == NULL) {
@@ -407,6 +573,7 @@ ngx_http_presence_exit_process(ngx_cycle_t *cycle)
     }
 
     ((ngx_presence_table_t *) pmcf->shm_zone->data)->changed = NULL;
+    ((ngx_presence_table_t *) pmcf->shm_zone->data)->pending = NULL;
 
     if (pmcf->events) {
         ngx_presence_events_exit_process(pmcf->events);
@@ -440,157 +607,6 @@ ngx_http_presence_sweep_handler(ngx_event_t *ev)
 }
 
 
-ngx_presence_table_t *
-ngx_http_presence_table(ngx_http_request_t *r)
-{
-    ngx_http_presence_main_conf_t  *pmcf;
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
-
-    return pmcf->shm_zone->data;
-}
-
-
-static ngx_int_t
-ngx_http_presence_metrics_handler(ngx_http_request_t *r)
-{
-    size_t                    len;
-    ngx_int_t                 rc;
-    ngx_buf_t                *b;
-    ngx_presence_table_t           *table;
-    ngx_presence_counters_t         sum;
-    ngx_http_presence_main_conf_t  *pmcf;
-
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return ngx_http_presence_not_allowed(r, "GET, HEAD");
-    }
-
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
-    table = pmcf->shm_zone->data;
-    ngx_presence_counters_sum(table, &sum);
-
-    len = 2560 + 9 * NGX_ATOMIC_T_LEN
-          + NGX_HTTP_PRESENCE_SYNC_METRICS_LEN;
-
-    b = ngx_create_temp_buf(r->pool, len);
-    if (b == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->last = ngx_sprintf(b->last,
-        "# HELP presence_online_users Users visibly online.\n"
-        "# TYPE presence_online_users gauge\n"
-        "presence_online_users %uA\n"
-        "# HELP presence_tracked_users Users held in the presence table.\n"
-        "# TYPE presence_tracked_users gauge\n"
-        "presence_tracked_users %uA\n"
-        "# HELP presence_capacity_users Users the presence table can hold.\n"
-        "# TYPE presence_capacity_users gauge\n"
-        "presence_capacity_users %uD\n"
-        "# HELP presence_zone_bytes Size of the presence zone.\n"
-        "# TYPE presence_zone_bytes gauge\n"
-        "presence_zone_bytes %uz\n"
-        "# HELP presence_heartbeats_total Heartbeats accepted.\n"
-        "# TYPE presence_heartbeats_total counter\n"
-        "presence_heartbeats_total %uL\n"
-        "# HELP presence_transitions_total Changes of visible status.\n"
-        "# TYPE presence_transitions_total counter\n"
-        "presence_transitions_total{to=\"online\"} %uL\n"
-        "presence_transitions_total{to=\"offline\"} %uL\n"
-        "# HELP presence_events_published_total Events published.\n"
-        "# TYPE presence_events_published_total counter\n"
-        "presence_events_published_total %uL\n"
-        "# HELP presence_events_dropped_total Events lost to a full "
-        "publish queue.\n"
-        "# TYPE presence_events_dropped_total counter\n"
-        "presence_events_dropped_total %uL\n"
-        "# HELP presence_events_errors_total Publisher failures: "
-        "connections lost, events refused.\n"
-        "# TYPE presence_events_errors_total counter\n"
-        "presence_events_errors_total %uL\n"
-        "# HELP presence_zone_full_total New users refused: zone full.\n"
-        "# TYPE presence_zone_full_total counter\n"
-        "presence_zone_full_total %uL\n",
-        (ngx_atomic_uint_t) table->sh->online,
-        (ngx_atomic_uint_t) table->sh->tracked,
-        table->sh->max_users,
-        pmcf->shm_zone->shm.size,
-        sum.heartbeats, sum.to_online, sum.to_offline, sum.published,
-        sum.dropped, sum.publish_errors, sum.full);
-
-    if (pmcf->sync) {
-        b->last = ngx_http_presence_sync_metrics(b->last, pmcf->sync);
-    }
-
-    r->headers_out.content_type_len = sizeof("text/plain; version=0.0.4") - 1;
-    ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
-    r->headers_out.content_type_lowcase = NULL;
-
-    return ngx_http_presence_send_json(r, NGX_HTTP_OK, b);
-}
-
-
-static u_char *
-ngx_http_presence_sync_metrics(u_char *p, ngx_presence_sync_t *sync)
-{
-    ngx_uint_t                  i;
-    ngx_presence_sync_stats_t   st;
-
-    static const char  *sinks[] = { "postgres", "redis", "kafka" };
-
-    ngx_presence_sync_stats(sync, &st);
-
-    p = ngx_cpymem(p, "# HELP presence_sync_queue Changes not yet written "
-                      "to a store.\n"
-                      "# TYPE presence_sync_queue gauge\n",
-                   sizeof("# HELP presence_sync_queue Changes not yet written "
-                          "to a store.\n"
-                          "# TYPE presence_sync_queue gauge\n") - 1);
-
-    for (i = 0; i < NGX_PRESENCE_SINKS; i++) {
-        p = ngx_sprintf(p, "presence_sync_queue{sink=\"%s\"} %uL\n",
-                        sinks[i], st.sink[i].queued);
-    }
-
-    p = ngx_sprintf(p, "# HELP presence_sync_written_total Rows (postgres), "
-                       "commands (redis), messages (kafka) written.\n"
-                       "# TYPE presence_sync_written_total counter\n");
-
-    for (i = 0; i < NGX_PRESENCE_SINKS; i++) {
-        p = ngx_sprintf(p, "presence_sync_written_total{sink=\"%s\"} %uL\n",
-                        sinks[i], st.sink[i].written);
-    }
-
-    p = ngx_sprintf(p, "# HELP presence_sync_errors_total Batches "
-                       "(postgres, redis) or messages (kafka) that failed.\n"
-                       "# TYPE presence_sync_errors_total counter\n");
-
-    for (i = 0; i < NGX_PRESENCE_SINKS; i++) {
-        p = ngx_sprintf(p, "presence_sync_errors_total{sink=\"%s\"} %uL\n",
-                        sinks[i], st.sink[i].errors);
-    }
-
-    return ngx_sprintf(p,
-        "# HELP presence_sync_dropped_total Changes lost to a full ring "
-        "(Kafka's; the others catch up by a scan).\n"
-        "# TYPE presence_sync_dropped_total counter\n"
-        "presence_sync_dropped_total %uL\n"
-        "# HELP presence_warm_users Users whose last_seen the warm start "
-        "loaded.\n"
-        "# TYPE presence_warm_users gauge\n"
-        "presence_warm_users %uL\n"
-        "# HELP presence_warm_done 1 once the warm start is over.\n"
-        "# TYPE presence_warm_done gauge\n"
-        "presence_warm_done %ui\n",
-        st.dropped, st.warmed, st.warm_done);
-}
-
-
 static void *
 ngx_http_presence_create_main_conf(ngx_conf_t *cf)
 {
@@ -605,6 +621,7 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     pmcf->shm_zone = NULL;
+     *     pmcf->max_timeout = 0;
      */
 
     pmcf->sweep_interval = NGX_PRESENCE_TICK;
@@ -612,6 +629,9 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
     pmcf->pg_refresh = NGX_CONF_UNSET_MSEC;
     pmcf->sync_queue = NGX_CONF_UNSET_UINT;
     pmcf->min_timeout = NGX_CONF_UNSET_MSEC;
+    pmcf->subs.max = NGX_CONF_UNSET;
+    pmcf->subs.ttl = NGX_CONF_UNSET_MSEC;
+    pmcf->retain = NGX_CONF_UNSET_MSEC;
 
     return pmcf;
 }
@@ -622,9 +642,15 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_presence_main_conf_t *pmcf = conf;
 
-    ngx_conf_init_msec_value(pmcf->sync_interval, 1000);
-    ngx_conf_init_msec_value(pmcf->pg_refresh, 300000);
+    ngx_presence_table_t  *table;
+
+    ngx_conf_init_msec_value(pmcf->sync_interval,
+                             NGX_HTTP_PRESENCE_SYNC_INTERVAL);
+    ngx_conf_init_msec_value(pmcf->retain, NGX_PRESENCE_RETAIN);
+    ngx_conf_init_msec_value(pmcf->pg_refresh, NGX_HTTP_PRESENCE_PG_REFRESH);
     ngx_conf_init_uint_value(pmcf->sync_queue, NGX_PRESENCE_SYNC_QUEUE);
+    ngx_conf_init_value(pmcf->subs.max, NGX_PRESENCE_SUBS_MAX);
+    ngx_conf_init_msec_value(pmcf->subs.ttl, NGX_PRESENCE_SUBS_TTL);
 
     if (pmcf->sync_interval == 0 || pmcf->pg_refresh == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -638,6 +664,22 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
                            "\"presence_redis\" and \"presence_kafka\" need "
                            "a \"presence_zone\"");
         return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->cluster
+        && ngx_presence_cluster_init_conf(cf, pmcf->cluster, pmcf->kafka,
+                                          pmcf->redis, pmcf->shm_zone)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->shm_zone) {
+        /* users offline this long go, once the stores hold their state */
+        table = pmcf->shm_zone->data;
+        table->retain = pmcf->retain;
+        table->stores = (pmcf->pg ? NGX_PRESENCE_DIRTY_PG : 0)
+                        | (pmcf->redis ? NGX_PRESENCE_DIRTY_REDIS : 0);
     }
 
     return NGX_CONF_OK;
@@ -654,6 +696,13 @@ ngx_http_presence_postconfiguration(ngx_conf_t *cf)
 
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
 
+    if (pmcf->cluster) {
+        ngx_presence_cluster_heartbeat(pmcf->cluster,
+                                       pmcf->max_timeout
+                                       ? pmcf->max_timeout
+                                       : NGX_HTTP_PRESENCE_TIMEOUT);
+    }
+
     if (pmcf->shm_zone == NULL
         || (pmcf->pg == NULL && pmcf->redis == NULL && pmcf->kafka == NULL))
     {
@@ -667,7 +716,7 @@ ngx_http_presence_postconfiguration(ngx_conf_t *cf)
     sc.interval = pmcf->sync_interval;
     sc.pg_refresh = pmcf->pg_refresh;
     sc.redis_refresh = (pmcf->min_timeout == NGX_CONF_UNSET_MSEC)
-                       ? 30000 : pmcf->min_timeout;
+                       ? NGX_HTTP_PRESENCE_TIMEOUT : pmcf->min_timeout;
     sc.queue = pmcf->sync_queue;
     sc.tag = &ngx_http_presence_module;
 
@@ -701,6 +750,10 @@ ngx_http_presence_create_loc_conf(ngx_conf_t *cf)
     plcf->identity = NGX_CONF_UNSET;
     plcf->timeout = NGX_CONF_UNSET_MSEC;
     plcf->token_ttl = NGX_CONF_UNSET_MSEC;
+    plcf->ticket_ttl = NGX_CONF_UNSET_MSEC;
+    plcf->events_token = NGX_CONF_UNSET;
+    plcf->gateway = NGX_CONF_UNSET_PTR;
+    plcf->gateway_max = NGX_CONF_UNSET;
 
     return plcf;
 }
@@ -714,9 +767,16 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_http_presence_main_conf_t  *pmcf;
 
-    ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 30000);
+    ngx_conf_merge_msec_value(conf->timeout, prev->timeout,
+                              NGX_HTTP_PRESENCE_TIMEOUT);
     ngx_conf_merge_msec_value(conf->token_ttl, prev->token_ttl,
-                              (ngx_msec_t) 30 * 86400 * 1000);
+                              NGX_HTTP_PRESENCE_TOKEN_TTL);
+    ngx_conf_merge_msec_value(conf->ticket_ttl, prev->ticket_ttl,
+                              NGX_HTTP_PRESENCE_TICKET_TTL_MAX);
+    ngx_conf_merge_value(conf->events_token, prev->events_token, 0);
+    ngx_conf_merge_ptr_value(conf->gateway, prev->gateway, NULL);
+    ngx_conf_merge_value(conf->gateway_max, prev->gateway_max,
+                         NGX_HTTP_PRESENCE_GATEWAY_MAX);
 
     /* the identity set nearest to the location wins, whichever kind */
 
@@ -737,10 +797,19 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
 
     if ((conf->endpoint == NGX_HTTP_PRESENCE_HEARTBEAT
-         || conf->endpoint == NGX_HTTP_PRESENCE_STREAM)
+         || conf->endpoint == NGX_HTTP_PRESENCE_STREAM
+         || conf->endpoint == NGX_HTTP_PRESENCE_GATEWAY)
         && conf->timeout < pmcf->min_timeout)
     {
         pmcf->min_timeout = conf->timeout;
+    }
+
+    if ((conf->endpoint == NGX_HTTP_PRESENCE_HEARTBEAT
+         || conf->endpoint == NGX_HTTP_PRESENCE_STREAM
+         || conf->endpoint == NGX_HTTP_PRESENCE_GATEWAY)
+        && conf->timeout > pmcf->max_timeout)
+    {
+        pmcf->max_timeout = conf->timeout;
     }
 
     if (pmcf->shm_zone == NULL) {
@@ -761,6 +830,19 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (conf->endpoint == NGX_HTTP_PRESENCE_GATEWAY) {
+        if (conf->gateway == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"presence_gateway\" needs "
+                               "\"presence_gateway_secret\" or "
+                               "\"presence_gateway_secret_file\"");
+            return NGX_CONF_ERROR;
+        }
+
+        /* the gateway is no user: no user identity needed here */
+        return NGX_CONF_OK;
+    }
+
     if (conf->endpoint != NGX_HTTP_PRESENCE_METRICS
         && conf->secret.data == NULL && conf->identity == NGX_ERROR)
     {
@@ -769,6 +851,17 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"presence_auth_secret\", "
                            "\"presence_auth_secret_file\" or "
                            "\"presence_identity\" for this location");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->endpoint == NGX_HTTP_PRESENCE_EVENTS_TICKET
+        && conf->secret.data == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_events_ticket\" signs tickets with "
+                           "\"presence_auth_secret\" or "
+                           "\"presence_auth_secret_file\": set one for "
+                           "this location");
         return NGX_CONF_ERROR;
     }
 
@@ -801,16 +894,11 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "name=", 5) == 0) {
-            name.data = value[i].data + 5;
-            name.len = value[i].len - 5;
+        if (ngx_http_presence_param(&value[i], "name=", &name) == NGX_OK) {
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "size=", 5) == 0) {
-            s.data = value[i].data + 5;
-            s.len = value[i].len - 5;
-
+        if (ngx_http_presence_param(&value[i], "size=", &s) == NGX_OK) {
             size = ngx_parse_size(&s);
 
             if (size == NGX_ERROR) {
@@ -822,10 +910,10 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "max_users=", 10) == 0) {
-            max = ngx_atoi(value[i].data + 10, value[i].len - 10);
+        if (ngx_http_presence_param(&value[i], "max_users=", &s) == NGX_OK) {
+            max = ngx_atoi(s.data, s.len);
 
-            if (max <= 0 || max > 0xfffffffe) {
+            if (max <= 0 || max > NGX_HTTP_PRESENCE_MAX_USERS) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid max_users \"%V\"", &value[i]);
                 return NGX_CONF_ERROR;
@@ -846,10 +934,11 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (size < (ssize_t) (1024 * 1024)) {
+    if (size < (ssize_t) NGX_HTTP_PRESENCE_ZONE_MIN) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" needs \"size=\" of at least 1m",
-                           &cmd->name);
+                           "\"%V\" needs \"size=\" of at least %uzm",
+                           &cmd->name,
+                           (size_t) NGX_HTTP_PRESENCE_ZONE_MIN >> 20);
         return NGX_CONF_ERROR;
     }
 
@@ -881,6 +970,26 @@ ngx_http_presence_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* "key=value": NGX_OK and its value when "arg" is one of "key" */
+
+static ngx_int_t
+ngx_http_presence_param(ngx_str_t *arg, const char *key, ngx_str_t *value)
+{
+    size_t  len;
+
+    len = ngx_strlen(key);
+
+    if (arg->len < len || ngx_strncmp(arg->data, key, len) != 0) {
+        return NGX_DECLINED;
+    }
+
+    value->data = arg->data + len;
+    value->len = arg->len - len;
+
+    return NGX_OK;
+}
+
+
 /* presence_auth_secret <secret>, presence_auth_secret_file <path> */
 
 static char *
@@ -888,12 +997,7 @@ ngx_http_presence_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_presence_loc_conf_t *plcf = conf;
 
-    u_char           *p;
-    ssize_t           n;
-    ngx_fd_t          fd;
-    ngx_str_t        *value, path;
-    ngx_file_t        file;
-    ngx_file_info_t   fi;
+    ngx_str_t  *value;
 
     if (plcf->secret.data) {
         return "is duplicate";
@@ -908,63 +1012,144 @@ ngx_http_presence_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (cmd->offset == 0) {
         plcf->secret = value[1];
 
-    } else {
-        path = value[1];
-
-        if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-        if (fd == NGX_INVALID_FILE) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                               ngx_open_file_n " \"%V\" failed", &path);
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_memzero(&file, sizeof(ngx_file_t));
-        file.fd = fd;
-        file.name = path;
-        file.log = cf->log;
-
-        if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
-            || ngx_file_size(&fi) > 4096)
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                               "secret file \"%V\" is unreadable or over 4k",
-                               &path);
-            (void) ngx_close_file(fd);
-            return NGX_CONF_ERROR;
-        }
-
-        plcf->secret.data = ngx_pnalloc(cf->pool, ngx_file_size(&fi) + 1);
-        if (plcf->secret.data == NULL) {
-            (void) ngx_close_file(fd);
-            return NGX_CONF_ERROR;
-        }
-
-        n = ngx_read_file(&file, plcf->secret.data, ngx_file_size(&fi), 0);
-
-        (void) ngx_close_file(fd);
-
-        if (n == NGX_ERROR) {
-            return NGX_CONF_ERROR;
-        }
-
-        /* a trailing newline is not part of the secret */
-        for (p = plcf->secret.data + n;
-             p > plcf->secret.data
-             && (p[-1] == '\n' || p[-1] == '\r' || p[-1] == ' ');
-             p--)
-        { /* void */ }
-
-        plcf->secret.len = p - plcf->secret.data;
+    } else if (ngx_http_presence_secret_file(cf, &value[1], &plcf->secret)
+               != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
-    if (plcf->secret.len < 16) {
+    if (plcf->secret.len < NGX_HTTP_PRESENCE_SECRET_MIN) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "the token secret must be at least 16 bytes long");
+                           "the token secret must be at least %d bytes long",
+                           NGX_HTTP_PRESENCE_SECRET_MIN);
         return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* a secret read from a file of at most 4k, a trailing newline cut */
+
+static ngx_int_t
+ngx_http_presence_secret_file(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_str_t *secret)
+{
+    u_char           *p;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t         path;
+    ngx_file_t        file;
+    ngx_file_info_t   fi;
+
+    path = *name;
+
+    if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &path);
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+    file.fd = fd;
+    file.name = path;
+    file.log = cf->log;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > NGX_HTTP_PRESENCE_SECRET_FILE)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "secret file \"%V\" is unreadable or over %dk",
+                           &path, NGX_HTTP_PRESENCE_SECRET_FILE / 1024);
+        (void) ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    secret->data = ngx_pnalloc(cf->pool, ngx_file_size(&fi) + 1);
+    if (secret->data == NULL) {
+        (void) ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    n = ngx_read_file(&file, secret->data, ngx_file_size(&fi), 0);
+
+    (void) ngx_close_file(fd);
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    /* a trailing newline is not part of the secret */
+    for (p = secret->data + n;
+         p > secret->data
+         && (p[-1] == '\n' || p[-1] == '\r' || p[-1] == ' ');
+         p--)
+    { /* void */ }
+
+    secret->len = p - secret->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * presence_gateway_secret <key>, presence_gateway_secret_file <path>: the
+ * bearer key of gateways, kept as its SHA-256 digest only (a request's
+ * key is compared digest to digest, in constant time).
+ */
+
+static char *
+ngx_http_presence_gateway_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_presence_loc_conf_t *plcf = conf;
+
+    ngx_str_t     *value, secret;
+    unsigned int   n;
+
+    if (plcf->gateway != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cmd->offset == 0) {
+        secret = value[1];
+
+    } else if (ngx_http_presence_secret_file(cf, &value[1], &secret)
+               != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (secret.len < NGX_HTTP_PRESENCE_SECRET_MIN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the gateway secret must be at least %d bytes "
+                           "long", NGX_HTTP_PRESENCE_SECRET_MIN);
+        return NGX_CONF_ERROR;
+    }
+
+    plcf->gateway = ngx_pnalloc(cf->pool, EVP_MAX_MD_SIZE);
+    if (plcf->gateway == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (EVP_Digest(secret.data, secret.len, plcf->gateway, &n, EVP_sha256(),
+                   NULL)
+        != 1
+        || n != NGX_HTTP_PRESENCE_GATEWAY_DIGEST)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "SHA-256 failed");
+        return NGX_CONF_ERROR;
+    }
+
+    if (cmd->offset == 1) {
+        ngx_explicit_memzero(secret.data, secret.len);
     }
 
     return NGX_CONF_OK;
@@ -1025,9 +1210,43 @@ ngx_http_presence_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
-    clcf->handler = (plcf->endpoint == NGX_HTTP_PRESENCE_METRICS)
-                    ? ngx_http_presence_metrics_handler
-                    : ngx_http_presence_handler;
+    switch (plcf->endpoint) {
+
+    case NGX_HTTP_PRESENCE_HEARTBEAT:
+        clcf->handler = ngx_http_presence_heartbeat_handler;
+        break;
+
+    case NGX_HTTP_PRESENCE_STATUS:
+        clcf->handler = ngx_http_presence_status_handler;
+        break;
+
+    case NGX_HTTP_PRESENCE_METRICS:
+        clcf->handler = ngx_http_presence_metrics_handler;
+        break;
+
+    case NGX_HTTP_PRESENCE_USERS:
+        clcf->handler = ngx_http_presence_users_handler;
+        break;
+
+    case NGX_HTTP_PRESENCE_SUBSCRIPTIONS:
+        clcf->handler = ngx_http_presence_subscriptions_handler;
+        break;
+
+    case NGX_HTTP_PRESENCE_EVENTS_AUTH:
+        clcf->handler = ngx_http_presence_events_auth;
+        break;
+
+    case NGX_HTTP_PRESENCE_STREAM:
+        clcf->handler = ngx_http_presence_stream;
+        break;
+
+    case NGX_HTTP_PRESENCE_EVENTS_TICKET:
+        clcf->handler = ngx_http_presence_events_ticket;
+        break;
+
+    default: /* NGX_HTTP_PRESENCE_GATEWAY */
+        clcf->handler = ngx_http_presence_gateway_handler;
+    }
 
     return NGX_CONF_OK;
 }
@@ -1039,7 +1258,49 @@ ngx_http_presence_timeout(ngx_conf_t *cf, void *post, void *data)
     ngx_msec_t  *ms = data;
 
     if (*ms < NGX_PRESENCE_TICK || *ms > NGX_PRESENCE_MAX_TIMEOUT) {
-        return "must be between 100ms and 1d";
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the timeout must be between %Mms and %Md",
+                           (ngx_msec_t) NGX_PRESENCE_TICK,
+                           (ngx_msec_t) NGX_PRESENCE_MAX_TIMEOUT / 86400000);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_subs_max(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_int_t  *np = data;
+
+    if (*np < 1 || *np > NGX_PRESENCE_SUBS_MAX_LIMIT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_subscriptions_max\" must be between "
+                           "1 and %i", (ngx_int_t) NGX_PRESENCE_SUBS_MAX_LIMIT);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_ticket_ttl(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_msec_t  *ms = data;
+
+    if (*ms < NGX_HTTP_PRESENCE_TICKET_TTL_MIN
+        || *ms > NGX_HTTP_PRESENCE_TICKET_TTL_MAX)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_ticket_ttl\" must be between "
+                           "%Ms and %Ms",
+                           (ngx_msec_t) (NGX_HTTP_PRESENCE_TICKET_TTL_MIN
+                                         / 1000),
+                           (ngx_msec_t) (NGX_HTTP_PRESENCE_TICKET_TTL_MAX
+                                         / 1000));
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
@@ -1069,15 +1330,15 @@ ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    size = 4;
-    queue = 1024;
-    timeout = 5000;
+    size = NGX_HTTP_PRESENCE_PG_POOL;
+    queue = NGX_HTTP_PRESENCE_PG_QUEUE;
+    timeout = NGX_HTTP_PRESENCE_PG_TIMEOUT;
 
     for (i = 2; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
-            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
-            if (n < 1 || n > 64) {
+        if (ngx_http_presence_param(&value[i], "pool=", &s) == NGX_OK) {
+            n = ngx_atoi(s.data, s.len);
+            if (n < 1 || n > NGX_HTTP_PRESENCE_PG_POOL_MAX) {
                 goto invalid;
             }
 
@@ -1085,8 +1346,8 @@ ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "queue=", 6) == 0) {
-            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+        if (ngx_http_presence_param(&value[i], "queue=", &s) == NGX_OK) {
+            n = ngx_atoi(s.data, s.len);
             if (n < 1) {
                 goto invalid;
             }
@@ -1095,9 +1356,7 @@ ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
+        if (ngx_http_presence_param(&value[i], "timeout=", &s) == NGX_OK) {
 
             timeout = ngx_parse_time(&s, 0);
             if (timeout == (ngx_msec_t) NGX_ERROR || timeout == 0) {
@@ -1110,7 +1369,7 @@ ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         goto invalid;
     }
 
-    pmcf->pg = ngx_http_presence_pg_create(cf, &value[1], size, timeout,
+    pmcf->pg = ngx_presence_pg_create(cf, &value[1], size, timeout,
                                            queue);
     if (pmcf->pg == NULL) {
         return NGX_CONF_ERROR;
@@ -1119,7 +1378,8 @@ ngx_http_presence_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (pmcf->subs_zone == NULL) {
         ngx_str_set(&name, "presence_subscriptions");
 
-        pmcf->subs_zone = ngx_shared_memory_add(cf, &name, 16 * 1024 * 1024,
+        pmcf->subs_zone = ngx_shared_memory_add(cf, &name,
+                                                NGX_HTTP_PRESENCE_SUBS_ZONE,
                                                 &ngx_http_presence_module);
         if (pmcf->subs_zone == NULL) {
             return NGX_CONF_ERROR;
@@ -1147,7 +1407,7 @@ ngx_http_presence_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_presence_main_conf_t *pmcf = conf;
 
     ngx_int_t   n;
-    ngx_str_t  *value;
+    ngx_str_t  *value, s;
 
     if (pmcf->events) {
         return "is duplicate";
@@ -1158,12 +1418,12 @@ ngx_http_presence_publish(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     n = 0;
 
     if (cf->args->nelts == 3) {
-        if (ngx_strncmp(value[2].data, "queue=", 6) != 0) {
+        if (ngx_http_presence_param(&value[2], "queue=", &s) != NGX_OK) {
             goto invalid;
         }
 
-        n = ngx_atoi(value[2].data + 6, value[2].len - 6);
-        if (n < 1 || n > 10000000) {
+        n = ngx_atoi(s.data, s.len);
+        if (n < 1 || n > NGX_PRESENCE_EVENTS_QUEUE_MAX) {
             goto invalid;
         }
     }
@@ -1187,6 +1447,15 @@ static ngx_http_variable_t  ngx_http_presence_vars[] = {
 
     { ngx_string("presence_channels"), NULL,
       ngx_http_presence_channels_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("presence_caller"), NULL,
+      ngx_http_presence_caller_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    /* the same, by the name a cluster's load balancer hashes on */
+    { ngx_string("presence_user"), NULL,
+      ngx_http_presence_caller_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
@@ -1234,15 +1503,11 @@ ngx_http_presence_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "name=", 5) == 0) {
-            name.data = value[i].data + 5;
-            name.len = value[i].len - 5;
+        if (ngx_http_presence_param(&value[i], "name=", &name) == NGX_OK) {
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "size=", 5) == 0) {
-            s.data = value[i].data + 5;
-            s.len = value[i].len - 5;
+        if (ngx_http_presence_param(&value[i], "size=", &s) == NGX_OK) {
             size = ngx_parse_size(&s);
             continue;
         }
@@ -1252,10 +1517,11 @@ ngx_http_presence_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (name.len == 0 || size < (ssize_t) (1024 * 1024)) {
+    if (name.len == 0 || size < (ssize_t) NGX_HTTP_PRESENCE_ZONE_MIN) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" needs name= and a size= of at least 1m",
-                           &cmd->name);
+                           "\"%V\" needs name= and a size= of at least %uzm",
+                           &cmd->name,
+                           (size_t) NGX_HTTP_PRESENCE_ZONE_MIN >> 20);
         return NGX_CONF_ERROR;
     }
 
@@ -1326,13 +1592,37 @@ ngx_http_presence_sync_queue(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     n = ngx_atoi(value[1].data, value[1].len);
 
-    if (n < 1024 || n > 1 << 28 || (n & (n - 1))) {
-        return "must be a power of 2 from 1024 to 268435456";
+    if (n < NGX_HTTP_PRESENCE_SYNC_QUEUE_MIN
+        || n > NGX_HTTP_PRESENCE_SYNC_QUEUE_MAX
+        || (n & (n - 1)))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must be a power of 2 from %d to %d",
+                           &cmd->name, NGX_HTTP_PRESENCE_SYNC_QUEUE_MIN,
+                           NGX_HTTP_PRESENCE_SYNC_QUEUE_MAX);
+        return NGX_CONF_ERROR;
     }
 
     pmcf->sync_queue = n;
 
     return NGX_CONF_OK;
+}
+
+
+/* presence_cluster node=<name> [timeout=5s]: the cluster's file parses it */
+
+static char *
+ngx_http_presence_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    if (pmcf->cluster) {
+        return "is duplicate";
+    }
+
+    pmcf->cluster = ngx_presence_cluster_create(cf);
+
+    return pmcf->cluster ? NGX_CONF_OK : NGX_CONF_ERROR;
 }
 
 

@@ -32,40 +32,45 @@
 #include <ngx_event.h>
 #include <libpq-fe.h>
 #include "ngx_http_presence_pg.h"
+#include "ngx_http_presence_table.h"
+#include "ngx_http_presence_backoff.h"
 
 
-#define NGX_HTTP_PRESENCE_PG_BACKOFF_MIN  100     /* ms */
-#define NGX_HTTP_PRESENCE_PG_BACKOFF_MAX  2000    /* ms */
+#define NGX_PRESENCE_PG_BACKOFF_MIN       100     /* ms */
+#define NGX_PRESENCE_PG_BACKOFF_MAX       2000    /* ms */
 
 /* how long queued queries wait for a connection when none is up, ms */
-#define NGX_HTTP_PRESENCE_PG_GRACE        500
+#define NGX_PRESENCE_PG_GRACE             500
 
 /* memory of a query: its sql and parameters, larger ones allocated apart */
-#define NGX_HTTP_PRESENCE_PG_QUERY_POOL   1024
+#define NGX_PRESENCE_PG_QUERY_POOL        1024
 
-#define NGX_HTTP_PRESENCE_PG_MAX_PARAMS   65535   /* the protocol's */
+#define NGX_PRESENCE_PG_MAX_PARAMS        65535   /* the protocol's */
+
+/* appended to a connection's "options", then the pool's timeout in ms */
+#define NGX_PRESENCE_PG_TIMEOUT_OPTION       "-c statement_timeout="
 
 
 /* connection states */
-#define NGX_HTTP_PRESENCE_PG_CLOSED       0
-#define NGX_HTTP_PRESENCE_PG_CONNECTING   1
-#define NGX_HTTP_PRESENCE_PG_IDLE         2
-#define NGX_HTTP_PRESENCE_PG_BUSY         3
+#define NGX_PRESENCE_PG_CLOSED            0
+#define NGX_PRESENCE_PG_CONNECTING        1
+#define NGX_PRESENCE_PG_IDLE              2
+#define NGX_PRESENCE_PG_BUSY              3
 
 /* query states */
-#define NGX_HTTP_PRESENCE_PG_QUEUED       0
-#define NGX_HTTP_PRESENCE_PG_SENT         1
-#define NGX_HTTP_PRESENCE_PG_DONE         2   /* the handler is running */
+#define NGX_PRESENCE_PG_QUEUED            0
+#define NGX_PRESENCE_PG_SENT              1
+#define NGX_PRESENCE_PG_DONE              2   /* the handler is running */
 
 
 typedef struct {
-    ngx_http_presence_pg_pool_t      *pool;
+    ngx_presence_pg_pool_t           *pool;
     ngx_uint_t                        index;
 
     PGconn                           *conn;
     ngx_connection_t                 *c;        /* wraps PQsocket(conn) */
 
-    ngx_http_presence_pg_query_t     *query;    /* sent, or NULL */
+    ngx_presence_pg_query_t          *query;    /* sent, or NULL */
     PGresult                         *last;     /* the query's, so far */
 
     ngx_event_t                       timer;    /* of a connection attempt */
@@ -75,18 +80,18 @@ typedef struct {
                                                    NGX_WRITE_EVENT while
                                                    connecting */
     unsigned                          flushing:1;   /* output pending */
-} ngx_http_presence_pg_conn_t;
+} ngx_presence_pg_conn_t;
 
 
-struct ngx_http_presence_pg_query_s {
+struct ngx_presence_pg_query_s {
     ngx_queue_t                       queue;    /* in pool->waiting */
     ngx_pool_t                       *mem;      /* holds the query */
-    ngx_http_presence_pg_pool_t      *pool;
-    ngx_http_presence_pg_conn_t      *conn;     /* when sent */
+    ngx_presence_pg_pool_t           *pool;
+    ngx_presence_pg_conn_t           *conn;     /* when sent */
 
     ngx_event_t                       timer;
 
-    ngx_http_presence_pg_handler_pt   handler;  /* NULL: cancelled */
+    ngx_presence_pg_handler_pt        handler;  /* NULL: cancelled */
     void                             *data;
 
     char                             *sql;
@@ -97,13 +102,15 @@ struct ngx_http_presence_pg_query_s {
 };
 
 
-struct ngx_http_presence_pg_pool_s {
+struct ngx_presence_pg_pool_s {
     char                             *conninfo;
+    const char                       *keywords[3];  /* dbname, options */
+    const char                       *values[3];
     ngx_uint_t                        size;
     ngx_msec_t                        timeout;
     ngx_uint_t                        queue_max;
 
-    ngx_http_presence_pg_conn_t      *conns;
+    ngx_presence_pg_conn_t           *conns;
     ngx_log_t                        *log;
 
     ngx_queue_t                       waiting;
@@ -123,57 +130,56 @@ struct ngx_http_presence_pg_pool_s {
 };
 
 
-static ngx_int_t ngx_http_presence_pg_check_conninfo(ngx_conf_t *cf,
+static ngx_int_t ngx_presence_pg_check_conninfo(ngx_conf_t *cf,
     char *conninfo);
-static ngx_int_t ngx_http_presence_pg_check_host(u_char *host, size_t len);
-static void ngx_http_presence_pg_next(u_char **p, ngx_str_t *entry);
+static ngx_int_t ngx_presence_pg_check_host(u_char *host, size_t len);
+static ngx_int_t ngx_presence_pg_options(ngx_conf_t *cf,
+    ngx_presence_pg_pool_t *pool);
+static void ngx_presence_pg_next(u_char **p, ngx_str_t *entry);
 
-static void ngx_http_presence_pg_connect(ngx_http_presence_pg_conn_t *pc);
-static void ngx_http_presence_pg_connect_poll(
-    ngx_http_presence_pg_conn_t *pc);
-static void ngx_http_presence_pg_connected(ngx_http_presence_pg_conn_t *pc);
-static ngx_int_t ngx_http_presence_pg_wrap(ngx_http_presence_pg_conn_t *pc);
-static void ngx_http_presence_pg_unwrap(ngx_http_presence_pg_conn_t *pc,
+static void ngx_presence_pg_connect(ngx_presence_pg_conn_t *pc);
+static void ngx_presence_pg_connect_poll(ngx_presence_pg_conn_t *pc);
+static void ngx_presence_pg_connected(ngx_presence_pg_conn_t *pc);
+static ngx_int_t ngx_presence_pg_wrap(ngx_presence_pg_conn_t *pc);
+static void ngx_presence_pg_unwrap(ngx_presence_pg_conn_t *pc,
     ngx_uint_t flags);
-static ngx_int_t ngx_http_presence_pg_arm(ngx_http_presence_pg_conn_t *pc);
+static ngx_int_t ngx_presence_pg_arm(ngx_presence_pg_conn_t *pc);
 
-static void ngx_http_presence_pg_read_handler(ngx_event_t *rev);
-static void ngx_http_presence_pg_write_handler(ngx_event_t *wev);
-static void ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc);
-static ngx_int_t ngx_http_presence_pg_drained(
-    ngx_http_presence_pg_conn_t *pc);
-static ngx_int_t ngx_http_presence_pg_complete(
-    ngx_http_presence_pg_conn_t *pc);
+static void ngx_presence_pg_read_handler(ngx_event_t *rev);
+static void ngx_presence_pg_write_handler(ngx_event_t *wev);
+static void ngx_presence_pg_process(ngx_presence_pg_conn_t *pc);
+static ngx_int_t ngx_presence_pg_drained(ngx_presence_pg_conn_t *pc);
+static ngx_int_t ngx_presence_pg_complete(ngx_presence_pg_conn_t *pc);
 
-static ngx_int_t ngx_http_presence_pg_send(ngx_http_presence_pg_conn_t *pc,
-    ngx_http_presence_pg_query_t *q);
-static ngx_http_presence_pg_conn_t *ngx_http_presence_pg_idle(
-    ngx_http_presence_pg_pool_t *pool);
-static void ngx_http_presence_pg_dispatch(ngx_http_presence_pg_pool_t *pool);
-static void ngx_http_presence_pg_finish(ngx_http_presence_pg_query_t *q,
+static ngx_int_t ngx_presence_pg_send(ngx_presence_pg_conn_t *pc,
+    ngx_presence_pg_query_t *q);
+static ngx_presence_pg_conn_t *ngx_presence_pg_idle(
+    ngx_presence_pg_pool_t *pool);
+static void ngx_presence_pg_dispatch(ngx_presence_pg_pool_t *pool);
+static void ngx_presence_pg_finish(ngx_presence_pg_query_t *q,
     PGresult *res, ngx_int_t rc);
-static void ngx_http_presence_pg_free(ngx_http_presence_pg_query_t *q);
+static void ngx_presence_pg_free(ngx_presence_pg_query_t *q);
 
-static void ngx_http_presence_pg_lost(ngx_http_presence_pg_conn_t *pc,
+static void ngx_presence_pg_lost(ngx_presence_pg_conn_t *pc,
     const char *what);
-static void ngx_http_presence_pg_close(ngx_http_presence_pg_conn_t *pc);
+static void ngx_presence_pg_close(ngx_presence_pg_conn_t *pc);
 
-static void ngx_http_presence_pg_query_timeout(ngx_event_t *ev);
-static void ngx_http_presence_pg_connect_timeout(ngx_event_t *ev);
-static void ngx_http_presence_pg_reconnect_handler(ngx_event_t *ev);
-static void ngx_http_presence_pg_grace_handler(ngx_event_t *ev);
-static void ngx_http_presence_pg_kick_handler(ngx_event_t *ev);
+static void ngx_presence_pg_query_timeout(ngx_event_t *ev);
+static void ngx_presence_pg_connect_timeout(ngx_event_t *ev);
+static void ngx_presence_pg_reconnect_handler(ngx_event_t *ev);
+static void ngx_presence_pg_grace_handler(ngx_event_t *ev);
+static void ngx_presence_pg_kick_handler(ngx_event_t *ev);
 
-static void ngx_http_presence_pg_notice(void *arg, const PGresult *res);
-static void ngx_http_presence_pg_message(const char *msg, ngx_str_t *s);
+static void ngx_presence_pg_notice(void *arg, const PGresult *res);
+static void ngx_presence_pg_message(const char *msg, ngx_str_t *s);
 
 
-ngx_http_presence_pg_pool_t *
-ngx_http_presence_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo,
+ngx_presence_pg_pool_t *
+ngx_presence_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo,
     ngx_uint_t size, ngx_msec_t timeout, ngx_uint_t queue)
 {
     ngx_uint_t                    i;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     if (size == 0 || timeout == 0 || queue == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -191,7 +197,7 @@ ngx_http_presence_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo,
         return NULL;
     }
 
-    pool = ngx_pcalloc(cf->pool, sizeof(ngx_http_presence_pg_pool_t));
+    pool = ngx_pcalloc(cf->pool, sizeof(ngx_presence_pg_pool_t));
     if (pool == NULL) {
         return NULL;
     }
@@ -206,12 +212,12 @@ ngx_http_presence_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo,
     ngx_memcpy(pool->conninfo, conninfo->data, conninfo->len);
     pool->conninfo[conninfo->len] = '\0';
 
-    if (ngx_http_presence_pg_check_conninfo(cf, pool->conninfo) != NGX_OK) {
+    if (ngx_presence_pg_check_conninfo(cf, pool->conninfo) != NGX_OK) {
         return NULL;
     }
 
     pool->conns = ngx_pcalloc(cf->pool,
-                              size * sizeof(ngx_http_presence_pg_conn_t));
+                              size * sizeof(ngx_presence_pg_conn_t));
     if (pool->conns == NULL) {
         return NULL;
     }
@@ -226,7 +232,81 @@ ngx_http_presence_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo,
     pool->queue_max = queue;
     pool->log = cf->log;
 
+    if (ngx_presence_pg_options(cf, pool) != NGX_OK) {
+        return NULL;
+    }
+
     return pool;
+}
+
+
+/*
+ * A query the pool gave up on must not keep running: every connection
+ * starts with statement_timeout set to the pool's timeout, whatever the
+ * conninfo (or PGOPTIONS) says.  The conninfo is passed as an expanded
+ * "dbname"; the "options" after it replaces the conninfo's own, which is
+ * kept in front of ours (a later -c of a setting wins).
+ */
+
+static ngx_int_t
+ngx_presence_pg_options(ngx_conf_t *cf,
+    ngx_presence_pg_pool_t *pool)
+{
+    u_char            *p;
+    size_t             len;
+    const char        *own;
+    PQconninfoOption  *opts, *o;
+
+    opts = PQconninfoParse(pool->conninfo, NULL);
+    if (opts == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "PQconninfoParse() failed: out of memory");
+        return NGX_ERROR;
+    }
+
+    own = NULL;
+
+    for (o = opts; o->keyword; o++) {
+        if (ngx_strcmp(o->keyword, "options") == 0
+            && o->val && o->val[0] != '\0')
+        {
+            own = o->val;
+        }
+    }
+
+    if (own == NULL) {
+        own = getenv("PGOPTIONS");
+    }
+
+    len = (own ? ngx_strlen(own) + 1 : 0)
+          + sizeof(NGX_PRESENCE_PG_TIMEOUT_OPTION) - 1 + NGX_INT_T_LEN
+          + 1;
+
+    p = ngx_pnalloc(cf->pool, len);
+    if (p == NULL) {
+        PQconninfoFree(opts);
+        return NGX_ERROR;
+    }
+
+    if (own) {
+        ngx_sprintf(p, "%s " NGX_PRESENCE_PG_TIMEOUT_OPTION "%M%Z",
+                    own, pool->timeout);
+
+    } else {
+        ngx_sprintf(p, NGX_PRESENCE_PG_TIMEOUT_OPTION "%M%Z",
+                    pool->timeout);
+    }
+
+    PQconninfoFree(opts);
+
+    pool->keywords[0] = "dbname";
+    pool->values[0] = pool->conninfo;
+    pool->keywords[1] = "options";
+    pool->values[1] = (const char *) p;
+    pool->keywords[2] = NULL;
+    pool->values[2] = NULL;
+
+    return NGX_OK;
 }
 
 
@@ -237,7 +317,7 @@ ngx_http_presence_pg_create(ngx_conf_t *cf, ngx_str_t *conninfo,
  */
 
 static ngx_int_t
-ngx_http_presence_pg_check_conninfo(ngx_conf_t *cf, char *conninfo)
+ngx_presence_pg_check_conninfo(ngx_conf_t *cf, char *conninfo)
 {
     char              *err;
     u_char            *hosts, *addrs;
@@ -251,7 +331,7 @@ ngx_http_presence_pg_check_conninfo(ngx_conf_t *cf, char *conninfo)
 
     if (opts == NULL) {
         if (err) {
-            ngx_http_presence_pg_message(err, &host);
+            ngx_presence_pg_message(err, &host);
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid postgres conninfo: %V", &host);
             PQfreemem(err);
@@ -292,14 +372,14 @@ ngx_http_presence_pg_check_conninfo(ngx_conf_t *cf, char *conninfo)
     /* comma-separated lists; a hostaddr entry is what libpq connects to */
 
     while (hosts || addrs) {
-        ngx_http_presence_pg_next(&hosts, &host);
-        ngx_http_presence_pg_next(&addrs, &addr);
+        ngx_presence_pg_next(&hosts, &host);
+        ngx_presence_pg_next(&addrs, &addr);
 
         if (addr.len) {
             continue;
         }
 
-        if (ngx_http_presence_pg_check_host(host.data, host.len) != NGX_OK) {
+        if (ngx_presence_pg_check_host(host.data, host.len) != NGX_OK) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "postgres host \"%V\" is neither an IP "
                                "address nor a socket directory: libpq would "
@@ -319,7 +399,7 @@ ngx_http_presence_pg_check_conninfo(ngx_conf_t *cf, char *conninfo)
 /* the entry at *p of a comma-separated list; *p moves past it */
 
 static void
-ngx_http_presence_pg_next(u_char **p, ngx_str_t *entry)
+ngx_presence_pg_next(u_char **p, ngx_str_t *entry)
 {
     u_char  *comma;
 
@@ -344,7 +424,7 @@ ngx_http_presence_pg_next(u_char **p, ngx_str_t *entry)
 
 
 static ngx_int_t
-ngx_http_presence_pg_check_host(u_char *host, size_t len)
+ngx_presence_pg_check_host(u_char *host, size_t len)
 {
 #if (NGX_HAVE_INET6)
     u_char  addr6[16];
@@ -369,11 +449,11 @@ ngx_http_presence_pg_check_host(u_char *host, size_t len)
 
 
 ngx_int_t
-ngx_http_presence_pg_init_process(ngx_http_presence_pg_pool_t *pool,
+ngx_presence_pg_init_process(ngx_presence_pg_pool_t *pool,
     ngx_cycle_t *cycle)
 {
     ngx_uint_t                    i;
-    ngx_http_presence_pg_conn_t  *pc;
+    ngx_presence_pg_conn_t       *pc;
 
     if (pool->running) {
         return NGX_OK;
@@ -386,38 +466,38 @@ ngx_http_presence_pg_init_process(ngx_http_presence_pg_pool_t *pool,
     pool->up = 0;
     pool->connecting = 0;
     pool->errors = 0;
-    pool->backoff = NGX_HTTP_PRESENCE_PG_BACKOFF_MIN;
+    pool->backoff = NGX_PRESENCE_PG_BACKOFF_MIN;
 
-    pool->reconnect.handler = ngx_http_presence_pg_reconnect_handler;
+    pool->reconnect.handler = ngx_presence_pg_reconnect_handler;
     pool->reconnect.data = pool;
     pool->reconnect.log = pool->log;
     pool->reconnect.cancelable = 1;
 
-    pool->grace.handler = ngx_http_presence_pg_grace_handler;
+    pool->grace.handler = ngx_presence_pg_grace_handler;
     pool->grace.data = pool;
     pool->grace.log = pool->log;
     pool->grace.cancelable = 1;
 
-    pool->kick.handler = ngx_http_presence_pg_kick_handler;
+    pool->kick.handler = ngx_presence_pg_kick_handler;
     pool->kick.data = pool;
     pool->kick.log = pool->log;
 
     for (i = 0; i < pool->size; i++) {
         pc = &pool->conns[i];
 
-        pc->timer.handler = ngx_http_presence_pg_connect_timeout;
+        pc->timer.handler = ngx_presence_pg_connect_timeout;
         pc->timer.data = pc;
         pc->timer.log = pool->log;
         pc->timer.cancelable = 1;
 
-        pc->state = NGX_HTTP_PRESENCE_PG_CLOSED;
+        pc->state = NGX_PRESENCE_PG_CLOSED;
     }
 
     pool->running = 1;
     pool->first = 1;
 
     for (i = 0; i < pool->size; i++) {
-        ngx_http_presence_pg_connect(&pool->conns[i]);
+        ngx_presence_pg_connect(&pool->conns[i]);
     }
 
     return NGX_OK;
@@ -425,12 +505,12 @@ ngx_http_presence_pg_init_process(ngx_http_presence_pg_pool_t *pool,
 
 
 void
-ngx_http_presence_pg_exit_process(ngx_http_presence_pg_pool_t *pool)
+ngx_presence_pg_exit_process(ngx_presence_pg_pool_t *pool)
 {
     ngx_uint_t                     i;
     ngx_queue_t                   *qe;
-    ngx_http_presence_pg_conn_t   *pc;
-    ngx_http_presence_pg_query_t  *q;
+    ngx_presence_pg_conn_t        *pc;
+    ngx_presence_pg_query_t       *q;
 
     if (!pool->running) {
         return;
@@ -465,18 +545,18 @@ ngx_http_presence_pg_exit_process(ngx_http_presence_pg_pool_t *pool)
             pc->last = NULL;
         }
 
-        ngx_http_presence_pg_unwrap(pc, NGX_CLOSE_EVENT);
+        ngx_presence_pg_unwrap(pc, NGX_CLOSE_EVENT);
 
         if (pc->conn) {
             PQfinish(pc->conn);
             pc->conn = NULL;
         }
 
-        pc->state = NGX_HTTP_PRESENCE_PG_CLOSED;
+        pc->state = NGX_PRESENCE_PG_CLOSED;
         pc->flushing = 0;
 
         if (q) {
-            ngx_http_presence_pg_free(q);
+            ngx_presence_pg_free(q);
         }
     }
 
@@ -484,8 +564,8 @@ ngx_http_presence_pg_exit_process(ngx_http_presence_pg_pool_t *pool)
         qe = ngx_queue_head(&pool->waiting);
         ngx_queue_remove(qe);
 
-        q = ngx_queue_data(qe, ngx_http_presence_pg_query_t, queue);
-        ngx_http_presence_pg_free(q);
+        q = ngx_queue_data(qe, ngx_presence_pg_query_t, queue);
+        ngx_presence_pg_free(q);
     }
 
     pool->nwaiting = 0;
@@ -494,46 +574,46 @@ ngx_http_presence_pg_exit_process(ngx_http_presence_pg_pool_t *pool)
 }
 
 
-ngx_http_presence_pg_query_t *
-ngx_http_presence_pg_query(ngx_http_presence_pg_pool_t *pool,
+ngx_presence_pg_query_t *
+ngx_presence_pg_query(ngx_presence_pg_pool_t *pool,
     const char *sql, ngx_uint_t nparams, ngx_str_t *params,
-    ngx_http_presence_pg_handler_pt handler, void *data)
+    ngx_presence_pg_handler_pt handler, void *data)
 {
     size_t                         len;
     u_char                        *p;
     ngx_int_t                      rc;
     ngx_uint_t                     i;
     ngx_pool_t                    *mem;
-    ngx_http_presence_pg_conn_t   *pc;
-    ngx_http_presence_pg_query_t  *q;
+    ngx_presence_pg_conn_t        *pc;
+    ngx_presence_pg_query_t       *q;
 
     if (!pool->running) {
         return NULL;
     }
 
-    if (nparams > NGX_HTTP_PRESENCE_PG_MAX_PARAMS) {
+    if (nparams > NGX_PRESENCE_PG_MAX_PARAMS) {
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "presence pg: %ui parameters, at most %d",
-                      nparams, NGX_HTTP_PRESENCE_PG_MAX_PARAMS);
+                      nparams, NGX_PRESENCE_PG_MAX_PARAMS);
         pool->errors++;
         return NULL;
     }
 
     /* queued queries go first: a connection only idles when none wait */
 
-    pc = ngx_queue_empty(&pool->waiting) ? ngx_http_presence_pg_idle(pool)
+    pc = ngx_queue_empty(&pool->waiting) ? ngx_presence_pg_idle(pool)
                                          : NULL;
 
     if (pc == NULL) {
         if (pool->up == 0 && !pool->first) {
-            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+            ngx_log_debug0(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                            "presence pg: refused, no connection");
             pool->errors++;
             return NULL;
         }
 
         if (pool->nwaiting >= pool->queue_max) {
-            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+            ngx_log_debug1(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                            "presence pg: refused, %ui queued",
                            pool->nwaiting);
             pool->errors++;
@@ -541,12 +621,12 @@ ngx_http_presence_pg_query(ngx_http_presence_pg_pool_t *pool,
         }
     }
 
-    mem = ngx_create_pool(NGX_HTTP_PRESENCE_PG_QUERY_POOL, pool->log);
+    mem = ngx_create_pool(NGX_PRESENCE_PG_QUERY_POOL, pool->log);
     if (mem == NULL) {
         return NULL;
     }
 
-    q = ngx_pcalloc(mem, sizeof(ngx_http_presence_pg_query_t));
+    q = ngx_pcalloc(mem, sizeof(ngx_presence_pg_query_t));
     if (q == NULL) {
         goto nomem;
     }
@@ -556,7 +636,7 @@ ngx_http_presence_pg_query(ngx_http_presence_pg_pool_t *pool,
     q->handler = handler;
     q->data = data;
     q->nparams = (int) nparams;
-    q->state = NGX_HTTP_PRESENCE_PG_QUEUED;
+    q->state = NGX_PRESENCE_PG_QUEUED;
 
     len = ngx_strlen(sql) + 1;
 
@@ -592,7 +672,7 @@ ngx_http_presence_pg_query(ngx_http_presence_pg_pool_t *pool,
         }
     }
 
-    q->timer.handler = ngx_http_presence_pg_query_timeout;
+    q->timer.handler = ngx_presence_pg_query_timeout;
     q->timer.data = q;
     q->timer.log = pool->log;
 
@@ -601,7 +681,7 @@ ngx_http_presence_pg_query(ngx_http_presence_pg_pool_t *pool,
     ngx_add_timer(&q->timer, pool->timeout);
 
     while (pc) {
-        rc = ngx_http_presence_pg_send(pc, q);
+        rc = ngx_presence_pg_send(pc, q);
 
         if (rc == NGX_OK) {
             return q;
@@ -609,31 +689,31 @@ ngx_http_presence_pg_query(ngx_http_presence_pg_pool_t *pool,
 
         if (rc == NGX_DECLINED) {
             pool->errors++;
-            ngx_http_presence_pg_free(q);
+            ngx_presence_pg_free(q);
             return NULL;
         }
 
         /* the connection was lost and is closed; the query was not sent */
 
-        pc = ngx_http_presence_pg_idle(pool);
+        pc = ngx_presence_pg_idle(pool);
     }
 
     if ((pool->up == 0 && !pool->first)
         || pool->nwaiting >= pool->queue_max)
     {
         pool->errors++;
-        ngx_http_presence_pg_free(q);
+        ngx_presence_pg_free(q);
         return NULL;
     }
 
     ngx_queue_insert_tail(&pool->waiting, &q->queue);
     pool->nwaiting++;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                    "presence pg: query %p queued, %ui waiting",
                    q, pool->nwaiting);
 
-    if (ngx_http_presence_pg_idle(pool) && !pool->kick.posted) {
+    if (ngx_presence_pg_idle(pool) && !pool->kick.posted) {
         ngx_post_event(&pool->kick, &ngx_posted_events);
     }
 
@@ -648,20 +728,20 @@ nomem:
 
 
 void
-ngx_http_presence_pg_cancel(ngx_http_presence_pg_query_t *q)
+ngx_presence_pg_cancel(ngx_presence_pg_query_t *q)
 {
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, q->pool->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, q->pool->log, 0,
                    "presence pg: cancel query %p, state %ui", q, q->state);
 
     switch (q->state) {
 
-    case NGX_HTTP_PRESENCE_PG_QUEUED:
+    case NGX_PRESENCE_PG_QUEUED:
         ngx_queue_remove(&q->queue);
         q->pool->nwaiting--;
-        ngx_http_presence_pg_free(q);
+        ngx_presence_pg_free(q);
         return;
 
-    case NGX_HTTP_PRESENCE_PG_SENT:
+    case NGX_PRESENCE_PG_SENT:
 
         /*
          * It runs to its end on its connection and the result is thrown
@@ -672,7 +752,7 @@ ngx_http_presence_pg_cancel(ngx_http_presence_pg_query_t *q)
         q->data = NULL;
         return;
 
-    default: /* NGX_HTTP_PRESENCE_PG_DONE: freed when its handler returns */
+    default: /* NGX_PRESENCE_PG_DONE: freed when its handler returns */
         q->handler = NULL;
         return;
     }
@@ -680,7 +760,7 @@ ngx_http_presence_pg_cancel(ngx_http_presence_pg_query_t *q)
 
 
 void
-ngx_http_presence_pg_stats(ngx_http_presence_pg_pool_t *pool,
+ngx_presence_pg_stats(ngx_presence_pg_pool_t *pool,
     ngx_uint_t *queued, ngx_uint_t *up, ngx_uint_t *errors)
 {
     *queued = pool->nwaiting;
@@ -690,43 +770,44 @@ ngx_http_presence_pg_stats(ngx_http_presence_pg_pool_t *pool,
 
 
 static void
-ngx_http_presence_pg_connect(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_connect(ngx_presence_pg_conn_t *pc)
 {
     ngx_str_t                     msg;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     pool = pc->pool;
 
-    pc->state = NGX_HTTP_PRESENCE_PG_CONNECTING;
+    pc->state = NGX_PRESENCE_PG_CONNECTING;
     pool->connecting++;
 
-    pc->conn = PQconnectStart(pool->conninfo);
+    pc->conn = PQconnectStartParams(pool->keywords, pool->values, 1);
 
     if (pc->conn == NULL) {
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
-                      "presence pg: PQconnectStart() failed: out of memory");
+                      "presence pg: PQconnectStartParams() failed: "
+                      "out of memory");
         goto failed;
     }
 
     if (PQstatus(pc->conn) == CONNECTION_BAD) {
-        ngx_http_presence_pg_message(PQerrorMessage(pc->conn), &msg);
+        ngx_presence_pg_message(PQerrorMessage(pc->conn), &msg);
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "presence pg: connect failed: %V", &msg);
         goto failed;
     }
 
-    PQsetNoticeReceiver(pc->conn, ngx_http_presence_pg_notice, pool);
+    PQsetNoticeReceiver(pc->conn, ngx_presence_pg_notice, pool);
 
     ngx_add_timer(&pc->timer, pool->timeout);
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                    "presence pg: connection %ui connecting", pc->index);
 
     /* before the first PQconnectPoll() wait as for PGRES_POLLING_WRITING */
 
     pc->want = NGX_WRITE_EVENT;
 
-    if (ngx_http_presence_pg_wrap(pc) == NGX_OK) {
+    if (ngx_presence_pg_wrap(pc) == NGX_OK) {
         return;
     }
 
@@ -735,33 +816,33 @@ failed:
     /* counted; the reconnect timer will try again */
 
     pool->errors++;
-    ngx_http_presence_pg_close(pc);
+    ngx_presence_pg_close(pc);
 }
 
 
 static void
-ngx_http_presence_pg_connect_poll(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_connect_poll(ngx_presence_pg_conn_t *pc)
 {
     ngx_str_t                     msg;
     PostgresPollingStatusType     rc;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     pool = pc->pool;
 
     /* the socket may change in PQconnectPoll(), even keeping its number */
 
-    ngx_http_presence_pg_unwrap(pc, 0);
+    ngx_presence_pg_unwrap(pc, 0);
 
     rc = PQconnectPoll(pc->conn);
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                    "presence pg: connection %ui poll: %d, status %d",
                    pc->index, (int) rc, (int) PQstatus(pc->conn));
 
     switch (rc) {
 
     case PGRES_POLLING_OK:
-        ngx_http_presence_pg_connected(pc);
+        ngx_presence_pg_connected(pc);
         return;
 
     case PGRES_POLLING_READING:
@@ -774,36 +855,36 @@ ngx_http_presence_pg_connect_poll(ngx_http_presence_pg_conn_t *pc)
         break;
 
     default: /* PGRES_POLLING_FAILED */
-        ngx_http_presence_pg_message(PQerrorMessage(pc->conn), &msg);
+        ngx_presence_pg_message(PQerrorMessage(pc->conn), &msg);
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "presence pg: connect failed: %V", &msg);
         pool->errors++;
-        ngx_http_presence_pg_close(pc);
+        ngx_presence_pg_close(pc);
         return;
     }
 
-    if (ngx_http_presence_pg_wrap(pc) != NGX_OK) {
+    if (ngx_presence_pg_wrap(pc) != NGX_OK) {
         pool->errors++;
-        ngx_http_presence_pg_close(pc);
+        ngx_presence_pg_close(pc);
     }
 }
 
 
 static void
-ngx_http_presence_pg_connected(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_connected(ngx_presence_pg_conn_t *pc)
 {
     ngx_str_t                     msg;
     ngx_uint_t                    i;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     pool = pc->pool;
 
     if (PQsetnonblocking(pc->conn, 1) != 0) {
-        ngx_http_presence_pg_message(PQerrorMessage(pc->conn), &msg);
+        ngx_presence_pg_message(PQerrorMessage(pc->conn), &msg);
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "presence pg: PQsetnonblocking() failed: %V", &msg);
         pool->errors++;
-        ngx_http_presence_pg_close(pc);
+        ngx_presence_pg_close(pc);
         return;
     }
 
@@ -814,9 +895,9 @@ ngx_http_presence_pg_connected(ngx_http_presence_pg_conn_t *pc)
     pool->connecting--;
     pool->up++;
     pool->first = 0;
-    pool->backoff = NGX_HTTP_PRESENCE_PG_BACKOFF_MIN;
+    pool->backoff = NGX_PRESENCE_PG_BACKOFF_MIN;
 
-    pc->state = NGX_HTTP_PRESENCE_PG_IDLE;
+    pc->state = NGX_PRESENCE_PG_IDLE;
     pc->flushing = 0;
 
     ngx_log_error(NGX_LOG_NOTICE, pool->log, 0,
@@ -826,32 +907,32 @@ ngx_http_presence_pg_connected(ngx_http_presence_pg_conn_t *pc)
                   PQport(pc->conn) ? PQport(pc->conn) : "",
                   pool->up, pool->size);
 
-    if (ngx_http_presence_pg_wrap(pc) != NGX_OK) {
+    if (ngx_presence_pg_wrap(pc) != NGX_OK) {
         pool->errors++;
-        ngx_http_presence_pg_close(pc);
+        ngx_presence_pg_close(pc);
         return;
     }
 
     /* the rest of a pool that was down follows at once */
 
     for (i = 0; i < pool->size; i++) {
-        if (pool->conns[i].state == NGX_HTTP_PRESENCE_PG_CLOSED) {
-            ngx_http_presence_pg_connect(&pool->conns[i]);
+        if (pool->conns[i].state == NGX_PRESENCE_PG_CLOSED) {
+            ngx_presence_pg_connect(&pool->conns[i]);
         }
     }
 
-    ngx_http_presence_pg_dispatch(pool);
+    ngx_presence_pg_dispatch(pool);
 }
 
 
 static ngx_int_t
-ngx_http_presence_pg_wrap(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_wrap(ngx_presence_pg_conn_t *pc)
 {
     int                           s;
     ngx_int_t                     rc;
     ngx_uint_t                    flags;
     ngx_connection_t             *c;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     pool = pc->pool;
 
@@ -871,8 +952,8 @@ ngx_http_presence_pg_wrap(ngx_http_presence_pg_conn_t *pc)
 
     c->data = pc;
 
-    c->read->handler = ngx_http_presence_pg_read_handler;
-    c->write->handler = ngx_http_presence_pg_write_handler;
+    c->read->handler = ngx_presence_pg_read_handler;
+    c->write->handler = ngx_presence_pg_write_handler;
     c->read->log = pool->log;
     c->write->log = pool->log;
 
@@ -881,7 +962,7 @@ ngx_http_presence_pg_wrap(ngx_http_presence_pg_conn_t *pc)
     flags = (ngx_event_flags & NGX_USE_CLEAR_EVENT) ? NGX_CLEAR_EVENT
                                                     : NGX_LEVEL_EVENT;
 
-    if (pc->state == NGX_HTTP_PRESENCE_PG_CONNECTING) {
+    if (pc->state == NGX_PRESENCE_PG_CONNECTING) {
         rc = (pc->want == NGX_READ_EVENT)
              ? ngx_add_event(c->read, NGX_READ_EVENT, flags)
              : ngx_add_event(c->write, NGX_WRITE_EVENT, flags);
@@ -906,7 +987,7 @@ ngx_http_presence_pg_wrap(ngx_http_presence_pg_conn_t *pc)
                 == NGX_OK) ? NGX_OK : NGX_ERROR;
     }
 
-    return ngx_http_presence_pg_arm(pc);
+    return ngx_presence_pg_arm(pc);
 }
 
 
@@ -916,7 +997,7 @@ ngx_http_presence_pg_wrap(ngx_http_presence_pg_conn_t *pc)
  */
 
 static void
-ngx_http_presence_pg_unwrap(ngx_http_presence_pg_conn_t *pc,
+ngx_presence_pg_unwrap(ngx_presence_pg_conn_t *pc,
     ngx_uint_t flags)
 {
     ngx_connection_t  *c;
@@ -963,7 +1044,7 @@ ngx_http_presence_pg_unwrap(ngx_http_presence_pg_conn_t *pc,
 /* a connected socket: read always, write while output is pending */
 
 static ngx_int_t
-ngx_http_presence_pg_arm(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_arm(ngx_presence_pg_conn_t *pc)
 {
     ngx_uint_t         flags;
     ngx_connection_t  *c;
@@ -997,47 +1078,47 @@ ngx_http_presence_pg_arm(ngx_http_presence_pg_conn_t *pc)
 
 
 static void
-ngx_http_presence_pg_read_handler(ngx_event_t *rev)
+ngx_presence_pg_read_handler(ngx_event_t *rev)
 {
     ngx_connection_t             *c;
-    ngx_http_presence_pg_conn_t  *pc;
+    ngx_presence_pg_conn_t       *pc;
 
     c = rev->data;
     pc = c->data;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rev->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rev->log, 0,
                    "presence pg: connection %ui read event, state %ui",
                    pc->index, pc->state);
 
-    if (pc->state == NGX_HTTP_PRESENCE_PG_CONNECTING) {
+    if (pc->state == NGX_PRESENCE_PG_CONNECTING) {
         if (pc->want == NGX_READ_EVENT) {
-            ngx_http_presence_pg_connect_poll(pc);
+            ngx_presence_pg_connect_poll(pc);
         }
 
         return;
     }
 
-    ngx_http_presence_pg_process(pc);
+    ngx_presence_pg_process(pc);
 }
 
 
 static void
-ngx_http_presence_pg_write_handler(ngx_event_t *wev)
+ngx_presence_pg_write_handler(ngx_event_t *wev)
 {
     ngx_connection_t             *c;
-    ngx_http_presence_pg_conn_t  *pc;
+    ngx_presence_pg_conn_t       *pc;
 
     c = wev->data;
     pc = c->data;
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, wev->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, wev->log, 0,
                    "presence pg: connection %ui write event, state %ui, "
                    "flushing %ui", pc->index, pc->state,
                    (ngx_uint_t) pc->flushing);
 
-    if (pc->state == NGX_HTTP_PRESENCE_PG_CONNECTING) {
+    if (pc->state == NGX_PRESENCE_PG_CONNECTING) {
         if (pc->want == NGX_WRITE_EVENT) {
-            ngx_http_presence_pg_connect_poll(pc);
+            ngx_presence_pg_connect_poll(pc);
         }
 
         return;
@@ -1047,14 +1128,14 @@ ngx_http_presence_pg_write_handler(ngx_event_t *wev)
         return;                 /* edge-triggered: the socket is writable */
     }
 
-    ngx_http_presence_pg_process(pc);
+    ngx_presence_pg_process(pc);
 }
 
 
 /* a connected socket is ready: send what is pending, collect results */
 
 static void
-ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_process(ngx_presence_pg_conn_t *pc)
 {
     int                           n;
     PGresult                     *res;
@@ -1070,7 +1151,7 @@ ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc)
             n = PQflush(pc->conn);
 
             if (n == -1) {
-                ngx_http_presence_pg_lost(pc, "PQflush");
+                ngx_presence_pg_lost(pc, "PQflush");
                 return;
             }
 
@@ -1083,7 +1164,7 @@ ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc)
         }
 
         if (!PQconsumeInput(pc->conn)) {
-            ngx_http_presence_pg_lost(pc, "PQconsumeInput");
+            ngx_presence_pg_lost(pc, "PQconsumeInput");
             return;
         }
 
@@ -1094,7 +1175,7 @@ ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc)
             if (res == NULL) {
                 /* the handler may send, or lose this connection */
 
-                if (ngx_http_presence_pg_complete(pc) != NGX_OK) {
+                if (ngx_presence_pg_complete(pc) != NGX_OK) {
                     return;
                 }
 
@@ -1109,7 +1190,7 @@ ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc)
                 PQclear(res);
                 ngx_log_error(NGX_LOG_ERR, pc->pool->log, 0,
                               "presence pg: COPY is not supported");
-                ngx_http_presence_pg_lost(pc, "PQgetResult");
+                ngx_presence_pg_lost(pc, "PQgetResult");
                 return;
 
             default:
@@ -1139,20 +1220,20 @@ ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc)
             break;              /* level-triggered: called again if need be */
         }
 
-        rc = ngx_http_presence_pg_drained(pc);
+        rc = ngx_presence_pg_drained(pc);
 
         if (rc == NGX_OK) {
             break;
         }
 
         if (rc == NGX_DONE && eof++) {
-            ngx_http_presence_pg_lost(pc, "recv");
+            ngx_presence_pg_lost(pc, "recv");
             return;
         }
     }
 
-    if (ngx_http_presence_pg_arm(pc) != NGX_OK) {
-        ngx_http_presence_pg_lost(pc, "ngx_add_event");
+    if (ngx_presence_pg_arm(pc) != NGX_OK) {
+        ngx_presence_pg_lost(pc, "ngx_add_event");
     }
 }
 
@@ -1164,7 +1245,7 @@ ngx_http_presence_pg_process(ngx_http_presence_pg_conn_t *pc)
  */
 
 static ngx_int_t
-ngx_http_presence_pg_drained(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_drained(ngx_presence_pg_conn_t *pc)
 {
     u_char     buf;
     ssize_t    n;
@@ -1201,11 +1282,11 @@ ngx_http_presence_pg_drained(ngx_http_presence_pg_conn_t *pc)
  */
 
 static ngx_int_t
-ngx_http_presence_pg_complete(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_complete(ngx_presence_pg_conn_t *pc)
 {
     PGresult                      *res;
-    ngx_http_presence_pg_pool_t   *pool;
-    ngx_http_presence_pg_query_t  *q;
+    ngx_presence_pg_pool_t        *pool;
+    ngx_presence_pg_query_t       *q;
 
     pool = pc->pool;
 
@@ -1214,11 +1295,11 @@ ngx_http_presence_pg_complete(ngx_http_presence_pg_conn_t *pc)
 
     pc->query = NULL;
     pc->last = NULL;
-    pc->state = NGX_HTTP_PRESENCE_PG_IDLE;
+    pc->state = NGX_PRESENCE_PG_IDLE;
 
     q->conn = NULL;
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                    "presence pg: query %p done on connection %ui: %s",
                    q, pc->index,
                    res ? PQresStatus(PQresultStatus(res)) : "no result");
@@ -1226,19 +1307,19 @@ ngx_http_presence_pg_complete(ngx_http_presence_pg_conn_t *pc)
     /* a PGresult does not depend on its connection, which is free now */
 
     if (res) {
-        ngx_http_presence_pg_finish(q, res, NGX_OK);
+        ngx_presence_pg_finish(q, res, NGX_OK);
 
     } else {
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "presence pg: query without a result");
-        ngx_http_presence_pg_finish(q, NULL, NGX_ERROR);
+        ngx_presence_pg_finish(q, NULL, NGX_ERROR);
     }
 
-    if (pc->state == NGX_HTTP_PRESENCE_PG_IDLE) {
-        ngx_http_presence_pg_dispatch(pool);
+    if (pc->state == NGX_PRESENCE_PG_IDLE) {
+        ngx_presence_pg_dispatch(pool);
     }
 
-    return (pc->state >= NGX_HTTP_PRESENCE_PG_IDLE) ? NGX_OK : NGX_ERROR;
+    return (pc->state >= NGX_PRESENCE_PG_IDLE) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -1248,30 +1329,30 @@ ngx_http_presence_pg_complete(ngx_http_presence_pg_conn_t *pc)
  */
 
 static ngx_int_t
-ngx_http_presence_pg_send(ngx_http_presence_pg_conn_t *pc,
-    ngx_http_presence_pg_query_t *q)
+ngx_presence_pg_send(ngx_presence_pg_conn_t *pc,
+    ngx_presence_pg_query_t *q)
 {
     int                           n;
     ngx_str_t                     msg;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     pool = pc->pool;
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                    "presence pg: send query %p on connection %ui: \"%s\"",
                    q, pc->index, q->sql);
 
     if (!PQsendQueryParams(pc->conn, q->sql, q->nparams, NULL,
                            (const char * const *) q->values, NULL, NULL, 0))
     {
-        ngx_http_presence_pg_message(PQerrorMessage(pc->conn), &msg);
+        ngx_presence_pg_message(PQerrorMessage(pc->conn), &msg);
 
         if (PQstatus(pc->conn) == CONNECTION_BAD) {
             ngx_log_error(NGX_LOG_WARN, pool->log, 0,
                           "presence pg: connection %ui lost: %V",
                           pc->index, &msg);
             pool->errors++;
-            ngx_http_presence_pg_close(pc);
+            ngx_presence_pg_close(pc);
             return NGX_ERROR;
         }
 
@@ -1283,33 +1364,33 @@ ngx_http_presence_pg_send(ngx_http_presence_pg_conn_t *pc,
     n = PQflush(pc->conn);
 
     if (n == -1) {
-        ngx_http_presence_pg_message(PQerrorMessage(pc->conn), &msg);
+        ngx_presence_pg_message(PQerrorMessage(pc->conn), &msg);
         ngx_log_error(NGX_LOG_WARN, pool->log, 0,
                       "presence pg: connection %ui lost: %V",
                       pc->index, &msg);
         pool->errors++;
-        ngx_http_presence_pg_close(pc);
+        ngx_presence_pg_close(pc);
         return NGX_ERROR;
     }
 
-    q->state = NGX_HTTP_PRESENCE_PG_SENT;
+    q->state = NGX_PRESENCE_PG_SENT;
     q->conn = pc;
 
     pc->query = q;
-    pc->state = NGX_HTTP_PRESENCE_PG_BUSY;
+    pc->state = NGX_PRESENCE_PG_BUSY;
     pc->flushing = (n == 1);
 
     if (pc->flushing) {
         pc->c->write->ready = 0;
     }
 
-    if (ngx_http_presence_pg_arm(pc) != NGX_OK) {
+    if (ngx_presence_pg_arm(pc) != NGX_OK) {
         pc->query = NULL;
         q->conn = NULL;
-        q->state = NGX_HTTP_PRESENCE_PG_QUEUED;
+        q->state = NGX_PRESENCE_PG_QUEUED;
 
         pool->errors++;
-        ngx_http_presence_pg_close(pc);
+        ngx_presence_pg_close(pc);
         return NGX_ERROR;
     }
 
@@ -1317,8 +1398,8 @@ ngx_http_presence_pg_send(ngx_http_presence_pg_conn_t *pc,
 }
 
 
-static ngx_http_presence_pg_conn_t *
-ngx_http_presence_pg_idle(ngx_http_presence_pg_pool_t *pool)
+static ngx_presence_pg_conn_t *
+ngx_presence_pg_idle(ngx_presence_pg_pool_t *pool)
 {
     ngx_uint_t  i;
 
@@ -1327,7 +1408,7 @@ ngx_http_presence_pg_idle(ngx_http_presence_pg_pool_t *pool)
     }
 
     for (i = 0; i < pool->size; i++) {
-        if (pool->conns[i].state == NGX_HTTP_PRESENCE_PG_IDLE) {
+        if (pool->conns[i].state == NGX_PRESENCE_PG_IDLE) {
             return &pool->conns[i];
         }
     }
@@ -1339,27 +1420,27 @@ ngx_http_presence_pg_idle(ngx_http_presence_pg_pool_t *pool)
 /* queued queries to idle connections; called from event handlers only */
 
 static void
-ngx_http_presence_pg_dispatch(ngx_http_presence_pg_pool_t *pool)
+ngx_presence_pg_dispatch(ngx_presence_pg_pool_t *pool)
 {
     ngx_int_t                      rc;
     ngx_queue_t                   *qe;
-    ngx_http_presence_pg_conn_t   *pc;
-    ngx_http_presence_pg_query_t  *q;
+    ngx_presence_pg_conn_t        *pc;
+    ngx_presence_pg_query_t       *q;
 
     while (!ngx_queue_empty(&pool->waiting)) {
 
-        pc = ngx_http_presence_pg_idle(pool);
+        pc = ngx_presence_pg_idle(pool);
         if (pc == NULL) {
             return;
         }
 
         qe = ngx_queue_head(&pool->waiting);
-        q = ngx_queue_data(qe, ngx_http_presence_pg_query_t, queue);
+        q = ngx_queue_data(qe, ngx_presence_pg_query_t, queue);
 
         ngx_queue_remove(qe);
         pool->nwaiting--;
 
-        rc = ngx_http_presence_pg_send(pc, q);
+        rc = ngx_presence_pg_send(pc, q);
 
         if (rc == NGX_OK) {
             continue;
@@ -1371,7 +1452,7 @@ ngx_http_presence_pg_dispatch(ngx_http_presence_pg_pool_t *pool)
             continue;
         }
 
-        ngx_http_presence_pg_finish(q, NULL, NGX_ERROR);
+        ngx_presence_pg_finish(q, NULL, NGX_ERROR);
     }
 }
 
@@ -1379,10 +1460,10 @@ ngx_http_presence_pg_dispatch(ngx_http_presence_pg_pool_t *pool)
 /* calls the handler unless cancelled, frees the query and its result */
 
 static void
-ngx_http_presence_pg_finish(ngx_http_presence_pg_query_t *q, PGresult *res,
+ngx_presence_pg_finish(ngx_presence_pg_query_t *q, PGresult *res,
     ngx_int_t rc)
 {
-    ngx_http_presence_pg_handler_pt  handler;
+    ngx_presence_pg_handler_pt       handler;
 
     if (q->timer.timer_set) {
         ngx_del_timer(&q->timer);
@@ -1392,7 +1473,7 @@ ngx_http_presence_pg_finish(ngx_http_presence_pg_query_t *q, PGresult *res,
         q->pool->errors++;
     }
 
-    q->state = NGX_HTTP_PRESENCE_PG_DONE;
+    q->state = NGX_PRESENCE_PG_DONE;
 
     handler = q->handler;
     q->handler = NULL;
@@ -1401,7 +1482,7 @@ ngx_http_presence_pg_finish(ngx_http_presence_pg_query_t *q, PGresult *res,
         handler(q->data, (rc == NGX_OK) ? res : NULL, rc);
 
     } else {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, q->pool->log, 0,
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, q->pool->log, 0,
                        "presence pg: query %p was cancelled", q);
     }
 
@@ -1409,12 +1490,12 @@ ngx_http_presence_pg_finish(ngx_http_presence_pg_query_t *q, PGresult *res,
         PQclear(res);
     }
 
-    ngx_http_presence_pg_free(q);
+    ngx_presence_pg_free(q);
 }
 
 
 static void
-ngx_http_presence_pg_free(ngx_http_presence_pg_query_t *q)
+ngx_presence_pg_free(ngx_presence_pg_query_t *q)
 {
     if (q->timer.timer_set) {
         ngx_del_timer(&q->timer);
@@ -1425,11 +1506,11 @@ ngx_http_presence_pg_free(ngx_http_presence_pg_query_t *q)
 
 
 static void
-ngx_http_presence_pg_lost(ngx_http_presence_pg_conn_t *pc, const char *what)
+ngx_presence_pg_lost(ngx_presence_pg_conn_t *pc, const char *what)
 {
     ngx_str_t  msg;
 
-    ngx_http_presence_pg_message(PQerrorMessage(pc->conn), &msg);
+    ngx_presence_pg_message(PQerrorMessage(pc->conn), &msg);
 
     ngx_log_error(NGX_LOG_WARN, pc->pool->log, 0,
                   "presence pg: connection %ui lost, %s(): %V",
@@ -1437,7 +1518,7 @@ ngx_http_presence_pg_lost(ngx_http_presence_pg_conn_t *pc, const char *what)
 
     pc->pool->errors++;
 
-    ngx_http_presence_pg_close(pc);
+    ngx_presence_pg_close(pc);
 }
 
 
@@ -1447,10 +1528,10 @@ ngx_http_presence_pg_lost(ngx_http_presence_pg_conn_t *pc, const char *what)
  */
 
 static void
-ngx_http_presence_pg_close(ngx_http_presence_pg_conn_t *pc)
+ngx_presence_pg_close(ngx_presence_pg_conn_t *pc)
 {
-    ngx_http_presence_pg_pool_t   *pool;
-    ngx_http_presence_pg_query_t  *q;
+    ngx_presence_pg_pool_t        *pool;
+    ngx_presence_pg_query_t       *q;
 
     pool = pc->pool;
 
@@ -1466,17 +1547,17 @@ ngx_http_presence_pg_close(ngx_http_presence_pg_conn_t *pc)
         ngx_del_timer(&pc->timer);
     }
 
-    ngx_http_presence_pg_unwrap(pc, NGX_CLOSE_EVENT);
+    ngx_presence_pg_unwrap(pc, NGX_CLOSE_EVENT);
 
     if (pc->conn) {
         PQfinish(pc->conn);
         pc->conn = NULL;
     }
 
-    if (pc->state == NGX_HTTP_PRESENCE_PG_CONNECTING) {
+    if (pc->state == NGX_PRESENCE_PG_CONNECTING) {
         pool->connecting--;
 
-    } else if (pc->state >= NGX_HTTP_PRESENCE_PG_IDLE) {
+    } else if (pc->state >= NGX_PRESENCE_PG_IDLE) {
         pool->up--;
 
         if (pool->up == 0) {
@@ -1485,7 +1566,7 @@ ngx_http_presence_pg_close(ngx_http_presence_pg_conn_t *pc)
         }
     }
 
-    pc->state = NGX_HTTP_PRESENCE_PG_CLOSED;
+    pc->state = NGX_PRESENCE_PG_CLOSED;
     pc->flushing = 0;
 
     if (!pool->reconnect.timer_set) {
@@ -1502,27 +1583,27 @@ ngx_http_presence_pg_close(ngx_http_presence_pg_conn_t *pc)
             && !ngx_queue_empty(&pool->waiting)
             && !pool->grace.timer_set)
         {
-            ngx_add_timer(&pool->grace, NGX_HTTP_PRESENCE_PG_GRACE);
+            ngx_add_timer(&pool->grace, NGX_PRESENCE_PG_GRACE);
         }
     }
 
     if (q) {
         q->conn = NULL;
-        ngx_http_presence_pg_finish(q, NULL, NGX_ERROR);
+        ngx_presence_pg_finish(q, NULL, NGX_ERROR);
     }
 }
 
 
 static void
-ngx_http_presence_pg_query_timeout(ngx_event_t *ev)
+ngx_presence_pg_query_timeout(ngx_event_t *ev)
 {
-    ngx_http_presence_pg_pool_t   *pool;
-    ngx_http_presence_pg_query_t  *q;
+    ngx_presence_pg_pool_t        *pool;
+    ngx_presence_pg_query_t       *q;
 
     q = ev->data;
     pool = q->pool;
 
-    if (q->state == NGX_HTTP_PRESENCE_PG_QUEUED) {
+    if (q->state == NGX_PRESENCE_PG_QUEUED) {
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "presence pg: query timed out after %M ms "
                       "waiting for a connection", pool->timeout);
@@ -1530,7 +1611,7 @@ ngx_http_presence_pg_query_timeout(ngx_event_t *ev)
         ngx_queue_remove(&q->queue);
         pool->nwaiting--;
 
-        ngx_http_presence_pg_finish(q, NULL, NGX_ERROR);
+        ngx_presence_pg_finish(q, NULL, NGX_ERROR);
         return;
     }
 
@@ -1541,14 +1622,14 @@ ngx_http_presence_pg_query_timeout(ngx_event_t *ev)
                   "on connection %ui%s", pool->timeout, q->conn->index,
                   q->handler ? "" : " (cancelled)");
 
-    ngx_http_presence_pg_close(q->conn);
+    ngx_presence_pg_close(q->conn);
 }
 
 
 static void
-ngx_http_presence_pg_connect_timeout(ngx_event_t *ev)
+ngx_presence_pg_connect_timeout(ngx_event_t *ev)
 {
-    ngx_http_presence_pg_conn_t  *pc;
+    ngx_presence_pg_conn_t       *pc;
 
     pc = ev->data;
 
@@ -1558,7 +1639,7 @@ ngx_http_presence_pg_connect_timeout(ngx_event_t *ev)
 
     pc->pool->errors++;
 
-    ngx_http_presence_pg_close(pc);
+    ngx_presence_pg_close(pc);
 }
 
 
@@ -1568,10 +1649,10 @@ ngx_http_presence_pg_connect_timeout(ngx_event_t *ev)
  */
 
 static void
-ngx_http_presence_pg_reconnect_handler(ngx_event_t *ev)
+ngx_presence_pg_reconnect_handler(ngx_event_t *ev)
 {
     ngx_uint_t                    i, n, started;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     pool = ev->data;
 
@@ -1579,7 +1660,7 @@ ngx_http_presence_pg_reconnect_handler(ngx_event_t *ev)
         return;                 /* a probe's end arms the timer again */
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                    "presence pg: reconnect, %ui up, backoff %M",
                    pool->up, pool->backoff);
 
@@ -1587,30 +1668,31 @@ ngx_http_presence_pg_reconnect_handler(ngx_event_t *ev)
     started = 0;
 
     for (i = 0; n && i < pool->size; i++) {
-        if (pool->conns[i].state != NGX_HTTP_PRESENCE_PG_CLOSED) {
+        if (pool->conns[i].state != NGX_PRESENCE_PG_CLOSED) {
             continue;
         }
 
         /* doubled first: an attempt failing at once re-arms with it */
 
         if (!started) {
-            pool->backoff = ngx_min(pool->backoff * 2,
-                                    NGX_HTTP_PRESENCE_PG_BACKOFF_MAX);
+            pool->backoff = ngx_presence_backoff(pool->backoff,
+                                                 NGX_PRESENCE_PG_BACKOFF_MIN,
+                                                 NGX_PRESENCE_PG_BACKOFF_MAX);
             started = 1;
         }
 
-        ngx_http_presence_pg_connect(&pool->conns[i]);
+        ngx_presence_pg_connect(&pool->conns[i]);
         n--;
     }
 }
 
 
 static void
-ngx_http_presence_pg_grace_handler(ngx_event_t *ev)
+ngx_presence_pg_grace_handler(ngx_event_t *ev)
 {
     ngx_queue_t                   *qe;
-    ngx_http_presence_pg_pool_t   *pool;
-    ngx_http_presence_pg_query_t  *q;
+    ngx_presence_pg_pool_t        *pool;
+    ngx_presence_pg_query_t       *q;
 
     pool = ev->data;
 
@@ -1626,33 +1708,33 @@ ngx_http_presence_pg_grace_handler(ngx_event_t *ev)
 
     while (!ngx_queue_empty(&pool->waiting)) {
         qe = ngx_queue_head(&pool->waiting);
-        q = ngx_queue_data(qe, ngx_http_presence_pg_query_t, queue);
+        q = ngx_queue_data(qe, ngx_presence_pg_query_t, queue);
 
         ngx_queue_remove(qe);
         pool->nwaiting--;
 
-        ngx_http_presence_pg_finish(q, NULL, NGX_ERROR);
+        ngx_presence_pg_finish(q, NULL, NGX_ERROR);
     }
 }
 
 
 static void
-ngx_http_presence_pg_kick_handler(ngx_event_t *ev)
+ngx_presence_pg_kick_handler(ngx_event_t *ev)
 {
-    ngx_http_presence_pg_dispatch(ev->data);
+    ngx_presence_pg_dispatch(ev->data);
 }
 
 
 static void
-ngx_http_presence_pg_notice(void *arg, const PGresult *res)
+ngx_presence_pg_notice(void *arg, const PGresult *res)
 {
     char                         *severity;
     ngx_str_t                     msg;
-    ngx_http_presence_pg_pool_t  *pool;
+    ngx_presence_pg_pool_t       *pool;
 
     pool = arg;
 
-    ngx_http_presence_pg_message(PQresultErrorMessage(res), &msg);
+    ngx_presence_pg_message(PQresultErrorMessage(res), &msg);
 
     severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 
@@ -1667,7 +1749,7 @@ ngx_http_presence_pg_notice(void *arg, const PGresult *res)
         return;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, pool->log, 0,
                    "presence pg: server says: %V", &msg);
 }
 
@@ -1675,7 +1757,7 @@ ngx_http_presence_pg_notice(void *arg, const PGresult *res)
 /* libpq's message up to its first line break: one line in the log */
 
 static void
-ngx_http_presence_pg_message(const char *msg, ngx_str_t *s)
+ngx_presence_pg_message(const char *msg, ngx_str_t *s)
 {
     size_t  len;
 
@@ -1693,5 +1775,147 @@ ngx_http_presence_pg_message(const char *msg, ngx_str_t *s)
 
     if (len == 0) {
         ngx_str_set(s, "unknown error");
+    }
+}
+
+
+/*
+ * The write-behind's sink: the state of a batch of users, one statement,
+ * the arrays of the rows as text parameters.
+ */
+
+static ngx_int_t ngx_presence_pg_sink_send(ngx_presence_batch_t *b);
+static void ngx_presence_pg_sink_handler(void *data, PGresult *res,
+    ngx_int_t rc);
+static void ngx_presence_pg_sink_cancel(ngx_presence_batch_t *b);
+
+
+ngx_presence_sink_ops_t  ngx_presence_pg_sink = {
+    "postgres",
+    NGX_PRESENCE_DIRTY_PG,
+    NGX_MAX_INT32_VALUE,            /* user_id is an int */
+    1,                              /* PostgreSQL holds the invisible flag */
+    NULL,
+    NULL,
+    ngx_presence_pg_sink_send,
+    ngx_presence_pg_sink_cancel,
+    NULL
+};
+
+
+static const char  ngx_presence_pg_sink_update[] =
+    "UPDATE users AS u"
+    " SET status = CASE WHEN v.online THEN 'online' ELSE 'offline' END,"
+    " last_seen = to_timestamp(NULLIF(v.ls, 0) / 1000.0),"
+    " invisible = v.invisible,"
+    " last_u_date = now()"
+    " FROM unnest($1::int[], $2::bool[], $3::bigint[], $4::bool[])"
+    " AS v(id, online, ls, invisible)"
+    " WHERE u.user_id = v.id";
+
+
+static ngx_int_t
+ngx_presence_pg_sink_send(ngx_presence_batch_t *b)
+{
+    u_char              *p;
+    ngx_str_t            params[4];
+    ngx_uint_t           i, n;
+    ngx_presence_row_t  *row;
+
+    n = b->nrows;
+
+    params[0].data = ngx_alloc(n * (NGX_INT32_LEN + 1) + 2, b->log);
+    params[1].data = ngx_alloc(n * 2 + 2, b->log);
+    params[2].data = ngx_alloc(n * (NGX_INT64_LEN + 1) + 2, b->log);
+    params[3].data = ngx_alloc(n * 2 + 2, b->log);
+
+    if (params[0].data == NULL || params[1].data == NULL
+        || params[2].data == NULL || params[3].data == NULL)
+    {
+        for (i = 0; i < 4; i++) {
+            ngx_free(params[i].data);
+        }
+
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 4; i++) {
+        params[i].data[0] = '{';
+        params[i].len = 1;
+    }
+
+    for (i = 0; i < n; i++) {
+        row = &b->rows[i];
+
+        p = ngx_sprintf(params[0].data + params[0].len, "%uD,", row->id);
+        params[0].len = p - params[0].data;
+
+        p = params[1].data + params[1].len;
+        *p++ = row->online ? 't' : 'f';
+        *p++ = ',';
+        params[1].len = p - params[1].data;
+
+        p = ngx_sprintf(params[2].data + params[2].len, "%uL,",
+                        row->last_seen);
+        params[2].len = p - params[2].data;
+
+        p = params[3].data + params[3].len;
+        *p++ = row->invisible ? 't' : 'f';
+        *p++ = ',';
+        params[3].len = p - params[3].data;
+    }
+
+    for (i = 0; i < 4; i++) {
+        params[i].data[params[i].len - 1] = '}';
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, b->log, 0,
+                   "presence pg: sync batch of %ui users", n);
+
+    b->query = ngx_presence_pg_query(b->store, ngx_presence_pg_sink_update,
+                                     4, params, ngx_presence_pg_sink_handler,
+                                     b);
+
+    for (i = 0; i < 4; i++) {
+        ngx_free(params[i].data);
+    }
+
+    return b->query ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_presence_pg_sink_handler(void *data, PGresult *res, ngx_int_t rc)
+{
+    ngx_presence_batch_t  *b = data;
+
+    char  *n;
+
+    b->query = NULL;
+
+    if (rc != NGX_OK || PQresultStatus(res) != PGRES_COMMAND_OK) {
+
+        if (res) {
+            ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                          "presence sync: postgres: %s",
+                          PQresultErrorMessage(res));
+        }
+
+        b->done(b, NGX_ERROR, 0);
+        return;
+    }
+
+    n = PQcmdTuples(res);
+
+    b->done(b, NGX_OK, ngx_atoi((u_char *) n, ngx_strlen(n)));
+}
+
+
+static void
+ngx_presence_pg_sink_cancel(ngx_presence_batch_t *b)
+{
+    if (b->query) {
+        ngx_presence_pg_cancel(b->query);
+        b->query = NULL;
     }
 }

@@ -29,6 +29,8 @@
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 #include "ngx_http_presence_redis.h"
+#include "ngx_http_presence_table.h"
+#include "ngx_http_presence_backoff.h"
 
 
 #define NGX_PRESENCE_REDIS_PORT         6379
@@ -55,6 +57,14 @@ typedef struct {
     unsigned                      closed:1; /* ended by a sync point */
     unsigned                      failed:1; /* a command got no reply */
 } ngx_presence_redis_batch_t;
+
+
+/* a command whose reply goes to its caller: ngx_presence_redis_call() */
+typedef struct {
+    ngx_presence_redis_batch_t   *batch;
+    ngx_presence_redis_reply_pt   handler;
+    void                         *data;
+} ngx_presence_redis_call_t;
 
 
 struct ngx_presence_redis_s {
@@ -109,6 +119,11 @@ static void ngx_presence_redis_connected(const redisAsyncContext *ac,
     int status);
 static void ngx_presence_redis_handshake_reply(redisAsyncContext *ac,
     void *r, void *privdata);
+static ngx_int_t ngx_presence_redis_send(ngx_presence_redis_t *rd,
+    int argc, const char **argv, const size_t *argvlen,
+    ngx_presence_redis_call_t *call);
+static void ngx_presence_redis_call_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
 static void ngx_presence_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_presence_redis_failed(ngx_presence_redis_t *rd,
@@ -163,9 +178,11 @@ ngx_presence_redis_create(ngx_conf_t *cf)
 
     for (i = 2; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
-            rd->password.data = value[i].data + 9;
-            rd->password.len = value[i].len - 9;
+        if (ngx_strncmp(value[i].data, "password=", sizeof("password=") - 1)
+            == 0)
+        {
+            rd->password.data = value[i].data + sizeof("password=") - 1;
+            rd->password.len = value[i].len - (sizeof("password=") - 1);
 
             if (rd->password.len == 0) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -176,8 +193,9 @@ ngx_presence_redis_create(ngx_conf_t *cf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
-            n = ngx_atoi(value[i].data + 3, value[i].len - 3);
+        if (ngx_strncmp(value[i].data, "db=", sizeof("db=") - 1) == 0) {
+            n = ngx_atoi(value[i].data + sizeof("db=") - 1,
+                         value[i].len - (sizeof("db=") - 1));
 
             if (n == NGX_ERROR) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -189,16 +207,18 @@ ngx_presence_redis_create(ngx_conf_t *cf)
             /* db 0 is where a connection starts: no SELECT */
 
             if (n > 0) {
-                rd->db.data = value[i].data + 3;
-                rd->db.len = value[i].len - 3;
+                rd->db.data = value[i].data + sizeof("db=") - 1;
+                rd->db.len = value[i].len - (sizeof("db=") - 1);
             }
 
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
+        if (ngx_strncmp(value[i].data, "timeout=", sizeof("timeout=") - 1)
+            == 0)
+        {
+            s.data = value[i].data + sizeof("timeout=") - 1;
+            s.len = value[i].len - (sizeof("timeout=") - 1);
 
             rd->timeout = ngx_parse_time(&s, 0);
 
@@ -403,7 +423,68 @@ ngx_int_t
 ngx_presence_redis_command(ngx_presence_redis_t *rd, int argc,
     const char **argv, const size_t *argvlen)
 {
+    return ngx_presence_redis_send(rd, argc, argv, argvlen, NULL);
+}
+
+
+ngx_int_t
+ngx_presence_redis_call(ngx_presence_redis_t *rd, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_presence_redis_reply_pt handler, void *data)
+{
+    ngx_presence_redis_call_t  *call;
+
+    call = ngx_alloc(sizeof(ngx_presence_redis_call_t), rd->log);
+    if (call == NULL) {
+        return NGX_ERROR;
+    }
+
+    call->handler = handler;
+    call->data = data;
+
+    if (ngx_presence_redis_send(rd, argc, argv, argvlen, call) != NGX_OK) {
+        ngx_free(call);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_presence_redis_t *
+ngx_presence_redis_clone(ngx_pool_t *pool, ngx_presence_redis_t *rd)
+{
+    ngx_presence_redis_t  *c;
+
+    c = ngx_pcalloc(pool, sizeof(ngx_presence_redis_t));
+    if (c == NULL) {
+        return NULL;
+    }
+
+    c->name = rd->name;
+    c->host = rd->host;
+    c->path = rd->path;
+    c->port = rd->port;
+    c->password = rd->password;
+    c->db = rd->db;
+    c->timeout = rd->timeout;
+
+    ngx_queue_init(&c->batches);
+    ngx_queue_init(&c->free);
+
+    c->backoff = NGX_PRESENCE_REDIS_BACKOFF_MIN;
+
+    return c;
+}
+
+
+static ngx_int_t
+ngx_presence_redis_send(ngx_presence_redis_t *rd, int argc,
+    const char **argv, const size_t *argvlen, ngx_presence_redis_call_t *call)
+{
     size_t                       len;
+    void                        *privdata;
+    redisCallbackFn             *fn;
     ngx_presence_redis_batch_t  *b;
 
     if (rd->state != NGX_PRESENCE_REDIS_READY || argc <= 0) {
@@ -431,8 +512,16 @@ ngx_presence_redis_command(ngx_presence_redis_t *rd, int argc,
         rd->open = b;
     }
 
-    if (redisAsyncCommandArgv(rd->ac, ngx_presence_redis_reply, b,
-                              argc, argv, argvlen)
+    fn = ngx_presence_redis_reply;
+    privdata = b;
+
+    if (call) {
+        call->batch = b;
+        fn = ngx_presence_redis_call_reply;
+        privdata = call;
+    }
+
+    if (redisAsyncCommandArgv(rd->ac, fn, privdata, argc, argv, argvlen)
         != REDIS_OK)
     {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
@@ -476,7 +565,7 @@ ngx_presence_redis_sync(ngx_presence_redis_t *rd,
     b->done = done;
     b->data = data;
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, rd->log, 0,
                    "presence redis: sync point %p after %ui commands, "
                    "%ui answered", b, b->sent, b->answered);
 
@@ -507,7 +596,7 @@ ngx_presence_redis_connect(ngx_presence_redis_t *rd)
     rd->reason_len = 0;
     rd->broken = 0;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rd->log, 0,
                    "presence redis: connecting to %V, attempt %ui",
                    &rd->name, rd->attempts + 1);
 
@@ -654,7 +743,7 @@ ngx_presence_redis_connected(const redisAsyncContext *ac, int status)
 
     /* a failure is logged by the cleanup hook that follows */
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rd->log, 0,
                    "presence redis: connect to %V: %d", &rd->name, status);
 }
 
@@ -706,8 +795,33 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rd->log, 0,
                    "presence redis: connected to %V", &rd->name);
+}
+
+
+static void
+ngx_presence_redis_call_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    ngx_presence_redis_call_t  *call = privdata;
+
+    void                        *data;
+    ngx_presence_redis_t        *rd;
+    ngx_presence_redis_reply_pt  handler;
+    ngx_presence_redis_batch_t  *b;
+
+    rd = ac->data;
+    b = call->batch;
+    handler = call->handler;
+    data = call->data;
+
+    ngx_free(call);
+
+    if (!rd->exiting) {
+        handler(data, r);
+    }
+
+    ngx_presence_redis_reply(ac, r, b);
 }
 
 
@@ -798,7 +912,9 @@ ngx_presence_redis_failed(ngx_presence_redis_t *rd, ngx_uint_t lost)
 
     ngx_add_timer(&rd->reconnect, rd->backoff);
 
-    rd->backoff = ngx_min(rd->backoff * 2, NGX_PRESENCE_REDIS_BACKOFF_MAX);
+    rd->backoff = ngx_presence_backoff(rd->backoff,
+                                       NGX_PRESENCE_REDIS_BACKOFF_MIN,
+                                       NGX_PRESENCE_REDIS_BACKOFF_MAX);
 }
 
 
@@ -1197,7 +1313,7 @@ ngx_presence_redis_post_handler(ngx_event_t *ev)
         rc = b->failed ? NGX_ERROR : NGX_OK;
         errors = b->errors;
 
-        ngx_log_debug4(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+        ngx_log_debug4(NGX_LOG_DEBUG_EVENT, rd->log, 0,
                        "presence redis: sync point %p done: %i, "
                        "%ui errors, handler %p", b, rc, errors, done);
 
@@ -1207,4 +1323,122 @@ ngx_presence_redis_post_handler(ngx_event_t *ev)
             done(data, rc, errors);
         }
     }
+}
+
+
+/* The write-behind's sink: HSET presence:<id> status ... a row */
+
+static ngx_int_t ngx_presence_redis_sink_start(ngx_presence_batch_t *b);
+static ngx_uint_t ngx_presence_redis_sink_ready(ngx_presence_batch_t *b);
+static ngx_int_t ngx_presence_redis_sink_send(ngx_presence_batch_t *b);
+static void ngx_presence_redis_sink_handler(void *data, ngx_int_t rc,
+    ngx_uint_t errors);
+static void ngx_presence_redis_sink_stop(ngx_presence_batch_t *b);
+
+
+ngx_presence_sink_ops_t  ngx_presence_redis_sink = {
+    "redis",
+    NGX_PRESENCE_DIRTY_REDIS,
+    NGX_MAX_UINT32_VALUE,
+    0,
+    ngx_presence_redis_sink_start,
+    ngx_presence_redis_sink_ready,
+    ngx_presence_redis_sink_send,
+    NULL,                           /* an answer after that is ignored */
+    ngx_presence_redis_sink_stop
+};
+
+
+static ngx_int_t
+ngx_presence_redis_sink_start(ngx_presence_batch_t *b)
+{
+    return ngx_presence_redis_init_process(b->store, b->cycle);
+}
+
+
+static ngx_uint_t
+ngx_presence_redis_sink_ready(ngx_presence_batch_t *b)
+{
+    return ngx_presence_redis_ready(b->store);
+}
+
+
+static ngx_int_t
+ngx_presence_redis_sink_send(ngx_presence_batch_t *b)
+{
+    u_char              *p, key[sizeof("presence:") + NGX_INT32_LEN];
+    u_char               ls[NGX_INT64_LEN], seq[NGX_INT32_LEN];
+    size_t               len[10];
+    ngx_uint_t           i;
+    const char          *argv[10];
+    ngx_presence_row_t  *row;
+
+    argv[0] = "HSET";
+    argv[2] = "status";
+    argv[4] = "last_seen";
+    argv[6] = "seq";
+    argv[8] = "invisible";
+    len[0] = sizeof("HSET") - 1;
+    len[2] = sizeof("status") - 1;
+    len[4] = sizeof("last_seen") - 1;
+    len[6] = sizeof("seq") - 1;
+    len[8] = sizeof("invisible") - 1;
+
+    for (i = 0; i < b->nrows; i++) {
+        row = &b->rows[i];
+
+        p = ngx_sprintf(key, "presence:%uD", row->id);
+        argv[1] = (char *) key;
+        len[1] = p - key;
+
+        if (row->online) {
+            argv[3] = "online";
+            len[3] = sizeof("online") - 1;
+
+        } else {
+            argv[3] = "offline";
+            len[3] = sizeof("offline") - 1;
+        }
+
+        p = ngx_sprintf(ls, "%uL", row->last_seen);
+        argv[5] = (char *) ls;
+        len[5] = p - ls;
+
+        p = ngx_sprintf(seq, "%uD", row->seq);
+        argv[7] = (char *) seq;
+        len[7] = p - seq;
+
+        argv[9] = row->invisible ? "1" : "0";
+        len[9] = sizeof("1") - 1;
+
+        if (ngx_presence_redis_command(b->store, 10, argv, len) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_presence_redis_sync(b->store, ngx_presence_redis_sink_handler,
+                                   b);
+}
+
+
+static void
+ngx_presence_redis_sink_handler(void *data, ngx_int_t rc, ngx_uint_t errors)
+{
+    ngx_presence_batch_t  *b = data;
+
+    if (rc == NGX_OK && errors) {
+        ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                      "presence sync: redis refused %ui of %ui commands",
+                      errors, b->nrows);
+        rc = NGX_ERROR;
+    }
+
+    b->done(b, rc, b->nrows);
+}
+
+
+static void
+ngx_presence_redis_sink_stop(ngx_presence_batch_t *b)
+{
+    ngx_presence_redis_exit_process(b->store);
 }

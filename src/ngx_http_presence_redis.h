@@ -16,6 +16,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include "ngx_http_presence_sink.h"
 
 
 typedef struct ngx_presence_redis_s  ngx_presence_redis_t;
@@ -60,6 +61,25 @@ ngx_int_t ngx_presence_redis_command(ngx_presence_redis_t *rd, int argc,
     const char **argv, const size_t *argvlen);
 
 /*
+ * One command whose reply the caller reads: handler(data, reply) with the
+ * redisReply (NULL when the connection was lost), valid only during the
+ * call; not called once the connection is closed by exit_process().
+ * Otherwise as ngx_presence_redis_command() (and counted in sync points).
+ */
+typedef void (*ngx_presence_redis_reply_pt)(void *data, void *reply);
+
+ngx_int_t ngx_presence_redis_call(ngx_presence_redis_t *rd, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_presence_redis_reply_pt handler, void *data);
+
+/*
+ * A connection of its own to the same server (the cluster's liveness),
+ * made from a configured one; memory from pool.  NULL: out of memory.
+ */
+ngx_presence_redis_t *ngx_presence_redis_clone(ngx_pool_t *pool,
+    ngx_presence_redis_t *rd);
+
+/*
  * A sync point after the commands appended so far: done(data, ...) is
  * called once they are all answered, or the connection is lost.  NGX_OK,
  * or NGX_ERROR when not ready (done is then not called).
@@ -70,6 +90,13 @@ ngx_int_t ngx_presence_redis_sync(ngx_presence_redis_t *rd,
 /* this worker's: commands sent, error replies, connections lost or failed */
 void ngx_presence_redis_stats(ngx_presence_redis_t *rd, ngx_uint_t *sent,
     ngx_uint_t *errors, ngx_uint_t *failures);
+
+/*
+ * The write-behind's sink (a row sink, the batch's store an
+ * ngx_presence_redis_t): one HSET presence:<id> a row, pipelined.  The
+ * connection is the syncer's own: made in start(), closed in stop().
+ */
+extern ngx_presence_sink_ops_t  ngx_presence_redis_sink;
 
 
 #endif /* _NGX_HTTP_PRESENCE_REDIS_H_INCLUDED_ */

@@ -12,7 +12,9 @@
 /*
  * One cached set, in an rbtree keyed by user id and an LRU queue, as
  * limit_req keeps its states; all under the zone's slab mutex, which the
- * master releases if a worker dies holding it.
+ * master releases if a worker dies holding it.  What the dead worker was
+ * changing may then be half done: sh->writer tells, and the next holder
+ * empties the cache (ngx_presence_subs_lock()).
  */
 
 typedef struct {
@@ -21,13 +23,27 @@ typedef struct {
     uint32_t                    n;
     uint32_t                    cap;
     uint32_t                   *targets;     /* sorted */
+    ngx_msec_t                  loaded;      /* ngx_current_msec: a TTL */
 } ngx_presence_subs_node_t;
 
 
+static ngx_presence_subs_shctx_t *ngx_presence_subs_lock(
+    ngx_presence_subs_t *subs);
+static ngx_presence_subs_shctx_t *ngx_presence_subs_mark(
+    ngx_presence_subs_t *subs);
+static void ngx_presence_subs_unlock(ngx_presence_subs_t *subs);
+static ngx_presence_subs_shctx_t *ngx_presence_subs_rebuild(
+    ngx_presence_subs_t *subs, ngx_pid_t writer);
+static void ngx_presence_subs_empty(ngx_presence_subs_shctx_t *sh,
+    ngx_slab_pool_t *shpool);
 static ngx_presence_subs_node_t *ngx_presence_subs_find(
     ngx_presence_subs_t *subs, uint32_t uid);
+static ngx_uint_t ngx_presence_subs_expired(ngx_presence_subs_t *subs,
+    ngx_presence_subs_node_t *sn);
 static ngx_uint_t ngx_presence_subs_bsearch(ngx_presence_subs_node_t *sn,
     uint32_t id, ngx_uint_t *pos);
+static void ngx_presence_subs_has(uint32_t *t, ngx_uint_t n, uint32_t *ids,
+    ngx_uint_t nids, u_char *out);
 static void *ngx_presence_subs_alloc(ngx_presence_subs_t *subs, size_t size,
     ngx_presence_subs_node_t *keep);
 static void ngx_presence_subs_free(ngx_presence_subs_t *subs,
@@ -45,8 +61,9 @@ ngx_presence_subs_init(ngx_presence_subs_t *subs, ngx_slab_pool_t *shpool)
         return NGX_ERROR;
     }
 
-    ngx_rbtree_init(&sh->rbtree, &sh->sentinel, ngx_rbtree_insert_value);
-    ngx_queue_init(&sh->lru);
+    ngx_presence_subs_empty(sh, shpool);
+
+    shpool->data = sh;
 
     subs->sh = sh;
     subs->shpool = shpool;
@@ -55,31 +72,168 @@ ngx_presence_subs_init(ngx_presence_subs_t *subs, ngx_slab_pool_t *shpool)
 }
 
 
+/*
+ * Every change of the cache, even a lookup's (it moves the LRU list), is
+ * an update between ngx_presence_subs_lock() and _unlock().
+ */
+
+static ngx_presence_subs_shctx_t *
+ngx_presence_subs_lock(ngx_presence_subs_t *subs)
+{
+    ngx_shmtx_lock(&subs->shpool->mutex);
+
+    return ngx_presence_subs_mark(subs);
+}
+
+
+/* the mutex held: the writer's mark set, a dead writer's work undone */
+
+static ngx_presence_subs_shctx_t *
+ngx_presence_subs_mark(ngx_presence_subs_t *subs)
+{
+    ngx_presence_subs_shctx_t  *sh;
+
+    sh = subs->shpool->data;
+
+    if (sh->writer) {
+        /* we hold the mutex: the writer is gone, in the middle */
+        sh = ngx_presence_subs_rebuild(subs, (ngx_pid_t) sh->writer);
+    }
+
+    sh->writer = ngx_pid;
+    ngx_memory_barrier();
+
+    subs->sh = sh;
+
+    return sh;
+}
+
+
+static void
+ngx_presence_subs_unlock(ngx_presence_subs_t *subs)
+{
+    ngx_memory_barrier();
+    subs->sh->writer = 0;
+
+    ngx_shmtx_unlock(&subs->shpool->mutex);
+}
+
+
+/*
+ * The slab pool itself may be torn (the writer died in an allocation):
+ * it is initialized again, and the context allocated first in it, as
+ * when the zone was created, lands where it was.  The versions are kept
+ * and moved on, so that no load in flight caches what it read.
+ */
+
+static ngx_presence_subs_shctx_t *
+ngx_presence_subs_rebuild(ngx_presence_subs_t *subs, ngx_pid_t writer)
+{
+    ngx_uint_t                  i, sets;
+    ngx_slab_pool_t            *shpool;
+    ngx_presence_subs_shctx_t  *sh, *osh;
+
+    shpool = subs->shpool;
+    osh = shpool->data;
+    sets = osh->sets;
+
+    ngx_slab_init(shpool);
+    shpool->log_nomem = 0;
+
+    sh = ngx_slab_alloc_locked(shpool, sizeof(ngx_presence_subs_shctx_t));
+
+    /* the pool held it before: it cannot fail, and is at the same place */
+
+    if (sh != osh) {
+        ngx_memmove(sh, osh, sizeof(ngx_presence_subs_shctx_t));
+        shpool->data = sh;
+    }
+
+    for (i = 0; i < NGX_PRESENCE_SUBS_VERSIONS; i++) {
+        sh->versions[i]++;
+    }
+
+    ngx_presence_subs_empty(sh, shpool);
+    sh->rebuilt++;
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "presence: process %P died while updating the "
+                  "subscription cache, its %ui sets are dropped",
+                  writer, sets);
+
+    return sh;
+}
+
+
+/* an empty cache in sh, the rest of the pool free; counters kept */
+
+static void
+ngx_presence_subs_empty(ngx_presence_subs_shctx_t *sh,
+    ngx_slab_pool_t *shpool)
+{
+    ngx_rbtree_init(&sh->rbtree, &sh->sentinel, ngx_rbtree_insert_value);
+    ngx_queue_init(&sh->lru);
+
+    sh->sets = 0;
+    sh->set_max = shpool->pfree * ngx_pagesize / NGX_PRESENCE_SUBS_SET_SHARE;
+}
+
+
 ngx_int_t
 ngx_presence_subs_lookup(ngx_presence_subs_t *subs, uint32_t uid,
     uint32_t *ids, ngx_uint_t n, u_char *out, ngx_atomic_uint_t *version)
 {
-    ngx_uint_t                 i, pos;
-    ngx_presence_subs_node_t  *sn;
+    ngx_presence_subs_node_t   *sn;
+    ngx_presence_subs_shctx_t  *sh;
+
+    /*
+     * A set already first in the LRU list is only read: nothing in the
+     * zone is written but the mutex (no writer mark, no list links), so
+     * that the lines of a caller's set stay shared by the workers' caches
+     * instead of moving from one to the other at every request.
+     */
 
     ngx_shmtx_lock(&subs->shpool->mutex);
 
+    sh = subs->shpool->data;
+
+    if (sh->writer == 0) {
+        subs->sh = sh;
+        sn = ngx_presence_subs_find(subs, uid);
+
+        if (sn != NULL && ngx_queue_head(&sh->lru) == &sn->queue
+            && !ngx_presence_subs_expired(subs, sn))
+        {
+            ngx_presence_subs_has(sn->targets, sn->n, ids, n, out);
+            ngx_shmtx_unlock(&subs->shpool->mutex);
+            return NGX_OK;
+        }
+    }
+
+    /* else an update: a dead writer's mark is seen to, the list moved */
+
+    sh = ngx_presence_subs_mark(subs);
+
     sn = ngx_presence_subs_find(subs, uid);
 
+    if (sn != NULL && ngx_presence_subs_expired(subs, sn)) {
+        /* older than presence_subscriptions_ttl: loaded again */
+        ngx_presence_subs_free(subs, sn);
+        sn = NULL;
+    }
+
     if (sn == NULL) {
-        *version = subs->sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS];
-        ngx_shmtx_unlock(&subs->shpool->mutex);
+        *version = sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS];
+        ngx_presence_subs_unlock(subs);
         return NGX_DECLINED;
     }
 
     ngx_queue_remove(&sn->queue);
-    ngx_queue_insert_head(&subs->sh->lru, &sn->queue);
+    ngx_queue_insert_head(&sh->lru, &sn->queue);
 
-    for (i = 0; i < n; i++) {
-        out[i] = (u_char) ngx_presence_subs_bsearch(sn, ids[i], &pos);
-    }
+    ngx_presence_subs_has(sn->targets, sn->n, ids, n, out);
 
-    ngx_shmtx_unlock(&subs->shpool->mutex);
+    ngx_presence_subs_unlock(subs);
 
     return NGX_OK;
 }
@@ -89,43 +243,58 @@ void
 ngx_presence_subs_store(ngx_presence_subs_t *subs, uint32_t uid,
     ngx_atomic_uint_t version, uint32_t *targets, ngx_uint_t n)
 {
-    ngx_presence_subs_node_t  *sn;
+    size_t                      size;
+    ngx_presence_subs_node_t   *sn;
+    ngx_presence_subs_shctx_t  *sh;
 
-    ngx_shmtx_lock(&subs->shpool->mutex);
+    sh = ngx_presence_subs_lock(subs);
 
-    if (subs->sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS] != version
+    if (sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS] != version
         || ngx_presence_subs_find(subs, uid) != NULL)
     {
         /* changed or loaded meanwhile: what we hold may be stale */
-        ngx_shmtx_unlock(&subs->shpool->mutex);
+        ngx_presence_subs_unlock(subs);
+        return;
+    }
+
+    size = ngx_max(n, 4) * sizeof(uint32_t);
+
+    if (size > sh->set_max) {
+        /* it would evict others and still not fit: not cached */
+        sh->uncached++;
+        ngx_presence_subs_unlock(subs);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "presence subs: the %ui subscriptions of %uD are "
+                       "too many to cache", n, uid);
         return;
     }
 
     sn = ngx_presence_subs_alloc(subs, sizeof(ngx_presence_subs_node_t), NULL);
     if (sn == NULL) {
-        ngx_shmtx_unlock(&subs->shpool->mutex);
+        ngx_presence_subs_unlock(subs);
         return;
     }
 
-    sn->cap = ngx_max(n, 4);
-    sn->targets = ngx_presence_subs_alloc(subs, sn->cap * sizeof(uint32_t),
-                                          NULL);
+    sn->cap = size / sizeof(uint32_t);
+    sn->targets = ngx_presence_subs_alloc(subs, size, NULL);
     if (sn->targets == NULL) {
         ngx_slab_free_locked(subs->shpool, sn);
-        ngx_shmtx_unlock(&subs->shpool->mutex);
+        ngx_presence_subs_unlock(subs);
         return;
     }
 
     ngx_memcpy(sn->targets, targets, n * sizeof(uint32_t));
     ngx_qsort(sn->targets, n, sizeof(uint32_t), ngx_presence_subs_cmp);
     sn->n = n;
+    sn->loaded = ngx_current_msec;
 
     sn->node.key = uid;
-    ngx_rbtree_insert(&subs->sh->rbtree, &sn->node);
-    ngx_queue_insert_head(&subs->sh->lru, &sn->queue);
-    subs->sh->sets++;
+    ngx_rbtree_insert(&sh->rbtree, &sn->node);
+    ngx_queue_insert_head(&sh->lru, &sn->queue);
+    sh->sets++;
 
-    ngx_shmtx_unlock(&subs->shpool->mutex);
+    ngx_presence_subs_unlock(subs);
 }
 
 
@@ -133,19 +302,20 @@ void
 ngx_presence_subs_update(ngx_presence_subs_t *subs, uint32_t uid,
     uint32_t target, ngx_uint_t add)
 {
-    uint32_t                  *t;
-    ngx_uint_t                 pos, found;
-    ngx_presence_subs_node_t  *sn;
+    uint32_t                   *t;
+    ngx_uint_t                  pos, found;
+    ngx_presence_subs_node_t   *sn;
+    ngx_presence_subs_shctx_t  *sh;
 
-    ngx_shmtx_lock(&subs->shpool->mutex);
+    sh = ngx_presence_subs_lock(subs);
 
     /* a load in flight for this user must not cache what it read */
-    subs->sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS]++;
+    sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS]++;
 
     sn = ngx_presence_subs_find(subs, uid);
 
     if (sn == NULL) {
-        ngx_shmtx_unlock(&subs->shpool->mutex);
+        ngx_presence_subs_unlock(subs);
         return;
     }
 
@@ -154,12 +324,20 @@ ngx_presence_subs_update(ngx_presence_subs_t *subs, uint32_t uid,
     if (add && !found) {
 
         if (sn->n == sn->cap) {
-            t = ngx_presence_subs_alloc(subs, sn->cap * 2 * sizeof(uint32_t),
-                                        sn);
+            t = NULL;
+
+            if (sn->cap * 2 * sizeof(uint32_t) <= sh->set_max) {
+                t = ngx_presence_subs_alloc(subs,
+                                            sn->cap * 2 * sizeof(uint32_t),
+                                            sn);
+            } else {
+                sh->uncached++;
+            }
+
             if (t == NULL) {
                 /* cannot hold it: forget the set, the next lookup loads it */
                 ngx_presence_subs_free(subs, sn);
-                ngx_shmtx_unlock(&subs->shpool->mutex);
+                ngx_presence_subs_unlock(subs);
                 return;
             }
 
@@ -180,7 +358,64 @@ ngx_presence_subs_update(ngx_presence_subs_t *subs, uint32_t uid,
         sn->n--;
     }
 
-    ngx_shmtx_unlock(&subs->shpool->mutex);
+    ngx_presence_subs_unlock(subs);
+}
+
+
+void
+ngx_presence_subs_drop(ngx_presence_subs_t *subs, uint32_t uid)
+{
+    ngx_uint_t                  found;
+    ngx_presence_subs_node_t   *sn;
+    ngx_presence_subs_shctx_t  *sh;
+
+    if (subs->shpool == NULL) {
+        return;
+    }
+
+    sh = ngx_presence_subs_lock(subs);
+
+    /* as ngx_presence_subs_update(): a load in flight may be stale */
+    sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS]++;
+
+    sn = ngx_presence_subs_find(subs, uid);
+    found = (sn != NULL);
+
+    if (found) {
+        ngx_presence_subs_free(subs, sn);
+    }
+
+    ngx_presence_subs_unlock(subs);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "presence subs: the set of %uD changed elsewhere%s",
+                   uid, found ? ", dropped" : "");
+}
+
+
+void
+ngx_presence_subs_stats(ngx_presence_subs_t *subs, ngx_uint_t *sets,
+    ngx_uint_t *evicted, ngx_uint_t *uncached, ngx_uint_t *rebuilt)
+{
+    ngx_presence_subs_shctx_t  *sh;
+
+    if (subs->shpool == NULL) {
+        /* no cache zone: no users database */
+        *sets = 0;
+        *evicted = 0;
+        *uncached = 0;
+        *rebuilt = 0;
+        return;
+    }
+
+    sh = ngx_presence_subs_lock(subs);
+
+    *sets = sh->sets;
+    *evicted = sh->evicted;
+    *uncached = sh->uncached;
+    *rebuilt = sh->rebuilt;
+
+    ngx_presence_subs_unlock(subs);
 }
 
 
@@ -211,6 +446,21 @@ ngx_presence_subs_find(ngx_presence_subs_t *subs, uint32_t uid)
 }
 
 
+/*
+ * The clock is ngx_current_msec, monotonic and the same in every process
+ * of the machine: a set stored by one worker expires for all.
+ */
+
+static ngx_uint_t
+ngx_presence_subs_expired(ngx_presence_subs_t *subs,
+    ngx_presence_subs_node_t *sn)
+{
+    return subs->ttl != 0
+           && (ngx_msec_int_t) (ngx_current_msec - sn->loaded)
+              >= (ngx_msec_int_t) subs->ttl;
+}
+
+
 /* 1 if found; "pos" is where the id is or would go */
 
 static ngx_uint_t
@@ -236,6 +486,60 @@ ngx_presence_subs_bsearch(ngx_presence_subs_node_t *sn, uint32_t id,
     *pos = lo;
 
     return lo < sn->n && sn->targets[lo] == id;
+}
+
+
+/*
+ * out[i]: 1 if the sorted "targets" hold ids[i]; the gate asks it of
+ * every id of a request while it holds the mutex.  A search without
+ * branches on the data (the range halves by a conditional move), four ids
+ * at a time: their chains of loads are independent and overlap.
+ */
+
+static void
+ngx_presence_subs_has(uint32_t *t, ngx_uint_t n, uint32_t *ids,
+    ngx_uint_t nids, u_char *out)
+{
+    uint32_t    *b0, *b1, *b2, *b3;
+    ngx_uint_t   i, len, half;
+
+    if (n == 0) {
+        ngx_memzero(out, nids);
+        return;
+    }
+
+    /* ids[k], if there, is in bk[0 .. len - 1] */
+
+    for (i = 0; i + 4 <= nids; i += 4) {
+        b0 = t;
+        b1 = t;
+        b2 = t;
+        b3 = t;
+
+        for (len = n; len > 1; len -= half) {
+            half = len / 2;
+            b0 = (b0[half] <= ids[i]) ? b0 + half : b0;
+            b1 = (b1[half] <= ids[i + 1]) ? b1 + half : b1;
+            b2 = (b2[half] <= ids[i + 2]) ? b2 + half : b2;
+            b3 = (b3[half] <= ids[i + 3]) ? b3 + half : b3;
+        }
+
+        out[i] = (*b0 == ids[i]);
+        out[i + 1] = (*b1 == ids[i + 1]);
+        out[i + 2] = (*b2 == ids[i + 2]);
+        out[i + 3] = (*b3 == ids[i + 3]);
+    }
+
+    for ( /* void */ ; i < nids; i++) {
+        b0 = t;
+
+        for (len = n; len > 1; len -= half) {
+            half = len / 2;
+            b0 = (b0[half] <= ids[i]) ? b0 + half : b0;
+        }
+
+        out[i] = (*b0 == ids[i]);
+    }
 }
 
 

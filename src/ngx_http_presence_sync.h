@@ -19,8 +19,10 @@
 #include "ngx_http_presence_pg.h"
 #include "ngx_http_presence_redis.h"
 #include "ngx_http_presence_kafka.h"
+#include "ngx_http_presence_warm.h"
 
 
+/* the stores, in the order of the metrics */
 #define NGX_PRESENCE_SINK_PG         0
 #define NGX_PRESENCE_SINK_REDIS      1
 #define NGX_PRESENCE_SINK_KAFKA      2
@@ -35,7 +37,7 @@ typedef struct ngx_presence_sync_s  ngx_presence_sync_t;
 
 typedef struct {
     ngx_shm_zone_t                *table_zone;
-    ngx_http_presence_pg_pool_t   *pg;           /* NULL: not a sink */
+    ngx_presence_pg_pool_t        *pg;           /* NULL: not a sink */
     ngx_presence_redis_t          *redis;
     ngx_presence_kafka_t          *kafka;
 
@@ -73,6 +75,13 @@ void ngx_presence_sync_exit_process(ngx_presence_sync_t *sync);
 /* table->changed, in any worker: never waits, never fails (drops) */
 void ngx_presence_sync_append(ngx_presence_sync_t *sync,
     ngx_presence_change_t *ch);
+
+/*
+ * table->pending (PostgreSQL configured), in the worker that created the
+ * node: its invisible flag is asked of PostgreSQL within a few ms, in one
+ * query for all the new users of that time, and ngx_presence_resolve()d.
+ */
+void ngx_presence_sync_pending(ngx_presence_sync_t *sync, uint32_t id);
 
 void ngx_presence_sync_stats(ngx_presence_sync_t *sync,
     ngx_presence_sync_stats_t *st);

@@ -32,24 +32,30 @@
 #define NGX_PRESENCE_QUEUED          0x04   /* linked in a wheel bucket */
 #define NGX_PRESENCE_DIRTY_PG        0x08   /* PostgreSQL has an older state */
 #define NGX_PRESENCE_DIRTY_REDIS     0x10   /* Redis has an older state */
+#define NGX_PRESENCE_PENDING         0x20   /* the stores have not told yet
+                                               whether this user chose to
+                                               appear offline */
+#define NGX_PRESENCE_RECLAIM         0x40   /* a tombstone, see
+                                               ngx_presence_reclaim() */
+#define NGX_PRESENCE_REPLICA         0x80   /* another node owns this user:
+                                               applied from the log, see
+                                               ngx_presence_apply() */
 #define NGX_PRESENCE_DIRTY           (NGX_PRESENCE_DIRTY_PG                  \
                                       |NGX_PRESENCE_DIRTY_REDIS)
 
 /* changes with the layout of the zone: a reload cannot reuse another */
-#define NGX_PRESENCE_MAGIC           0x70726573656e0003ULL
-
-/* {"id":4294967295,"status":"offline","last_seen":...,"seq":4294967295} */
-#define NGX_PRESENCE_JSON_LEN                                                 \
-    (sizeof("{\"id\":,\"status\":\"offline\",\"last_seen\":,\"seq\":}") - 1   \
-     + NGX_INT32_LEN + NGX_INT64_LEN + NGX_INT32_LEN)
+#define NGX_PRESENCE_MAGIC           0x70726573656e0005ULL
 
 /* the slot load factor is kept at or below 4/5 */
 #define NGX_PRESENCE_LOAD_NUM        4
 #define NGX_PRESENCE_LOAD_DEN        5
 
+/* presence_retain: offline users held this long, ms (7 days) */
+#define NGX_PRESENCE_RETAIN          (7 * 86400 * (ngx_msec_t) 1000)
+
 
 /*
- * One tracked user, 32 bytes.  Every change of status, seq or deadline is
+ * One tracked user, 40 bytes.  Every change of status, seq or deadline is
  * one compare-and-swap of "state":
  *
  *     bits 63..32  seq, grows with every change of the visible status
@@ -57,7 +63,14 @@
  *     bits  7..0   flags
  *
  * so no lock is ever held on a node and a worker killed at any instant
- * leaves every node consistent.
+ * leaves every node consistent.  "owner" is the cluster's version beside
+ * it (doc/cluster.md):
+ *
+ *     bits 63..32  ownership epoch, grows when a node takes the user over
+ *     bits 31..0   the owner node (ngx_presence_node_hash()), 0: this one
+ *
+ * written by the replica's consumer before its CAS of "state", by a
+ * takeover after its CAS that cleared REPLICA.
  */
 
 typedef struct {
@@ -67,6 +80,7 @@ typedef struct {
     uint64_t                    last_seen;   /* ms since the epoch, 0: never */
     uint32_t                    streams;     /* open event streams */
     uint32_t                    queued;      /* tick of the bucket it is in */
+    uint64_t                    owner;       /* epoch << 32 | owner node */
 } ngx_presence_node_t;
 
 
@@ -76,10 +90,10 @@ typedef struct {
     uint64_t                    to_online;
     uint64_t                    to_offline;
     uint64_t                    full;
-    uint64_t                    published;   /* events nchan took */
-    uint64_t                    dropped;     /* events the full queue lost */
-    uint64_t                    publish_errors;
-    uint64_t                    pad[1];
+    uint64_t                    reserved[3]; /* a cache line each; the
+                                                events' counters were here */
+    uint64_t                    pin;         /* not a counter: the slot + 1
+                                                this process last looked up */
 } ngx_presence_counters_t;
 
 
@@ -88,13 +102,24 @@ typedef struct {
     uint32_t                    max_users;   /* capacity * 4 / 5 */
     ngx_atomic_t                tracked;
     ngx_atomic_t                online;      /* visibly online users */
-    ngx_atomic_t                sweep_lock;  /* pid of the sweeper, 0: none */
+    ngx_atomic_t                sweep_lock;  /* sweeper's pid lock, 0: none */
     uint64_t                    magic;       /* layout of this struct */
     uint64_t                    swept;       /* last tick swept */
     uint64_t                    late;        /* a tick to sweep again */
     uint32_t                    audit;       /* next slot the audit visits */
     uint32_t                    reserved;
     uint64_t                    created;     /* ms since the epoch */
+
+    /* reclaim of users offline for long (presence_retain) */
+    ngx_atomic_t                reclaimed;   /* slots reclaimed, ever */
+    ngx_atomic_t                pinners;     /* highest process slot + 1
+                                                that pinned a node */
+    uint32_t                    scan;        /* next slot the scan visits */
+    uint32_t                    evict;       /* next slot eviction samples */
+    uint64_t                    evict_age;   /* ms, under pressure: offline
+                                                this long goes; NO_AGE: none */
+    uint64_t                    oldest;      /* last_seen, the oldest one the
+                                                scan's pass left */
     uint32_t                    wheel[NGX_PRESENCE_WHEEL];
     ngx_presence_counters_t     counters[NGX_MAX_PROCESSES];
     ngx_presence_node_t        *nodes;
@@ -107,6 +132,19 @@ typedef struct {
     ngx_uint_t                  online;
     uint64_t                    last_seen;
     uint32_t                    seq;
+    ngx_uint_t                  invisible;   /* the user chose to appear
+                                                offline */
+    ngx_uint_t                  publish;     /* 1: the visible status
+                                                changed: an event for the
+                                                subscribers; 0: only durable
+                                                state changed (the invisible
+                                                flag of an offline user):
+                                                stores only */
+    ngx_uint_t                  claim;       /* 1: a takeover that changed
+                                                no visible status (cluster):
+                                                the log needs the new owner,
+                                                the subscribers get no event:
+                                                the same seq again */
 } ngx_presence_change_t;
 
 
@@ -127,6 +165,17 @@ struct ngx_presence_table_s {
     /* called in the worker that made the change, for every change */
     ngx_presence_change_pt      changed;
     void                       *data;
+
+    /* called in the worker that created a PENDING node, once per node */
+    void                      (*pending)(ngx_presence_table_t *table,
+                                         uint32_t id);
+    ngx_msec_t                  retain;      /* presence_retain, ms; 0: only
+                                                when the zone is nearly full */
+    ngx_uint_t                  stores;      /* NGX_PRESENCE_DIRTY_* of the
+                                                stores configured: a user is
+                                                reclaimed once they hold it */
+    uint32_t                    node;        /* this node's hash in a
+                                                cluster, 0: no cluster */
 };
 
 
@@ -136,6 +185,8 @@ typedef struct {
     ngx_uint_t                  online;
     ngx_uint_t                  invisible;
     ngx_uint_t                  dirty;       /* NGX_PRESENCE_DIRTY_* */
+    ngx_uint_t                  pending;     /* shown offline: the stores
+                                                have not answered yet */
     uint64_t                    last_seen;
     uint32_t                    seq;
 } ngx_presence_status_t;
@@ -146,6 +197,14 @@ ngx_int_t ngx_presence_table_init(ngx_presence_table_t *table,
     ngx_slab_pool_t *shpool, size_t size);
 void ngx_presence_table_limit(ngx_presence_table_t *table);
 
+/*
+ * A node found or made by lookup() or get() stays this user's until this
+ * process looks up another one: it is "pinned" (see ngx_presence_reclaim()
+ * in the .c file).  Use one node at a time, and never keep one across
+ * events; a slot number kept longer serves ngx_presence_clean() only (a
+ * reused slot has a higher seq).  NULL: no such user (lookup), the zone
+ * is full (get).
+ */
 ngx_presence_node_t *ngx_presence_table_lookup(ngx_presence_table_t *table,
     uint32_t id);
 ngx_presence_node_t *ngx_presence_table_get(ngx_presence_table_t *table,
@@ -159,16 +218,145 @@ void ngx_presence_heartbeat(ngx_presence_table_t *table,
     ngx_uint_t flags);
 void ngx_presence_hide(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now);
+void ngx_presence_leave(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now);
 void ngx_presence_read(ngx_presence_node_t *node, ngx_presence_status_t *st);
+
+/* lookup() and read() without a pin, for readers: NGX_DECLINED: no user */
+ngx_int_t ngx_presence_table_peek(ngx_presence_table_t *table, uint32_t id,
+    ngx_presence_status_t *st);
+
+
+/* the slot where a user's probe starts */
+static ngx_inline uint32_t
+ngx_presence_hash(uint32_t id, uint32_t capacity)
+{
+    uint32_t  h;
+
+    /* Fibonacci hashing, then a multiply-shift range reduction */
+    h = id * 2654435769u;
+    h ^= h >> 16;
+
+    return (uint32_t) (((uint64_t) h * capacity) >> 32);
+}
+
+
+/*
+ * Before the lookups of many users: their first slots are loaded into the
+ * cache meanwhile, not one miss after the other.
+ */
+static ngx_inline void
+ngx_presence_table_prefetch(ngx_presence_table_t *table, uint32_t id)
+{
+    __builtin_prefetch(&table->sh->nodes[ngx_presence_hash(id,
+                                                table->sh->capacity)]);
+}
+
+
+/* a user's state and version as another node logged it */
+typedef struct {
+    uint32_t                    id;
+    uint32_t                    seq;
+    uint32_t                    epoch;
+    uint32_t                    owner;       /* ngx_presence_node_hash() */
+    ngx_uint_t                  online;
+    ngx_uint_t                  invisible;
+    uint64_t                    last_seen;
+} ngx_presence_replica_t;
+
+
+/*
+ * The consumer of the log, in one process: applies another node's state
+ * if its version (seq, epoch, owner) is newer than the node's.  NGX_OK:
+ * applied, the user is a REPLICA; NGX_DECLINED: not newer, ignored;
+ * NGX_AGAIN: the user is this node's, heartbeating here since that
+ * change: its own state was written again above it (a change);
+ * NGX_ERROR: the zone is full.
+ */
+ngx_int_t ngx_presence_apply(ngx_presence_table_t *table,
+    ngx_presence_replica_t *rp);
+
+/*
+ * For the producer of the log: NGX_OK and the user's epoch when this node
+ * owns the user; NGX_DECLINED when it is a REPLICA now (a newer version
+ * from another node came: this node's change loses, do not log it).
+ */
+ngx_int_t ngx_presence_owned(ngx_presence_table_t *table, uint32_t id,
+    uint32_t *epoch);
+
+/*
+ * Dead nodes' users (cluster), for the one live node that writes them:
+ * looks at up to n slots from *next on; each user whose latest version is
+ * a dead node's (a REPLICA owned by one of the ndead hashes) and who is
+ * visibly online goes offline here: seq + 1, last_seen kept (its last
+ * known activity), epoch + 1, owned by this node, DIRTY; published and
+ * logged as any change.
+ * Returns how many were written; *next is 0 once the table was seen.
+ */
+ngx_uint_t ngx_presence_orphans(ngx_presence_table_t *table, uint32_t *dead,
+    ngx_uint_t ndead, uint32_t *next, ngx_uint_t n);
+
+/*
+ * A refresh of another node's online user (cluster): the same version as
+ * the replica's (seq, epoch, owner), a later last_seen, which is all that
+ * changes.  NGX_OK: last_seen moved; NGX_DECLINED: another version, or not
+ * later.
+ */
+ngx_int_t ngx_presence_refreshed(ngx_presence_table_t *table,
+    ngx_presence_replica_t *rp);
+
+/*
+ * This node's visibly online users (not REPLICA, not PENDING), for the
+ * refreshes of their last_seen in the log: looks at up to n slots from
+ * *next on and calls cb for each with its state and epoch.  Returns how
+ * many; *next is 0 once the table was seen.
+ */
+ngx_uint_t ngx_presence_own_online(ngx_presence_table_t *table,
+    uint32_t *next, ngx_uint_t n,
+    void (*cb)(void *data, ngx_presence_status_t *st, uint32_t epoch),
+    void *data);
+
+/* FNV-1a of a node name, never 0 */
+uint32_t ngx_presence_node_hash(u_char *name, size_t len);
+
 
 ngx_uint_t ngx_presence_clean(ngx_presence_node_t *node, uint32_t seq,
     ngx_uint_t dirty);
 ngx_int_t ngx_presence_warm(ngx_presence_table_t *table, uint32_t id,
-    uint64_t last_seen, ngx_uint_t online);
+    uint64_t last_seen, ngx_uint_t online, ngx_uint_t invisible);
+ngx_int_t ngx_presence_resolve(ngx_presence_table_t *table, uint32_t id,
+    ngx_uint_t invisible, uint64_t last_seen);
 
 ngx_uint_t ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid);
 ngx_uint_t ngx_presence_pid_lock(ngx_atomic_t *lock, ngx_pid_t pid,
     ngx_log_t *log, ngx_str_t *name, const char *what);
+void ngx_presence_pid_unlock(ngx_atomic_t *lock, ngx_pid_t pid);
+
+
+/*
+ * Test builds only (t/table_test.c compiles the table with
+ * -DNGX_PRESENCE_TABLE_HOOKS=1): a function called at the points below,
+ * where another process may interleave, with the slot of the node (at
+ * TAKEN, the list's first link: slot + 1, 0 if empty).  Compiled out of
+ * the module.
+ */
+
+#if (NGX_PRESENCE_TABLE_HOOKS)
+
+#define NGX_PRESENCE_HOOK_HEARTBEAT  1   /* heartbeat: before its CAS */
+#define NGX_PRESENCE_HOOK_QUEUED     2   /* QUEUED set, not yet pushed */
+#define NGX_PRESENCE_HOOK_HIDE       3   /* hide: before its CAS */
+#define NGX_PRESENCE_HOOK_PUSH       4   /* push: before the bucket CAS */
+#define NGX_PRESENCE_HOOK_PUSHED     5   /* push: linked, "swept" unread */
+#define NGX_PRESENCE_HOOK_TAKEN      6   /* sweep: a bucket taken */
+#define NGX_PRESENCE_HOOK_EXPIRE     7   /* expire: before its CAS */
+#define NGX_PRESENCE_HOOK_AUDIT      8   /* audit: a node seen lost */
+
+typedef void (*ngx_presence_hook_pt)(ngx_uint_t point, uint32_t slot);
+
+extern ngx_presence_hook_pt  ngx_presence_table_hook;
+
+#endif
 
 
 ngx_presence_counters_t *ngx_presence_counters(ngx_presence_table_t *table);
@@ -185,25 +373,6 @@ ngx_presence_now_ms(void)
     tp = ngx_timeofday();
 
     return (uint64_t) tp->sec * 1000 + tp->msec;
-}
-
-
-/* the JSON of a status, as the API, the events and Kafka have it */
-static ngx_inline u_char *
-ngx_presence_json(u_char *p, uint32_t id, ngx_uint_t online,
-    uint64_t last_seen, uint32_t seq)
-{
-    p = ngx_sprintf(p, "{\"id\":%uD,\"status\":\"%s\",\"last_seen\":",
-                    id, online ? "online" : "offline");
-
-    if (last_seen) {
-        p = ngx_sprintf(p, "%uL", last_seen);
-
-    } else {
-        p = ngx_cpymem(p, "null", 4);
-    }
-
-    return ngx_sprintf(p, ",\"seq\":%uD}", seq);
 }
 
 

@@ -2,8 +2,9 @@
 /*
  * Copyright (C) The presence module authors
  *
- * The HTTP handlers backed by PostgreSQL: users, search, subscriptions,
- * and the subscription gate of the status handlers.
+ * The HTTP handlers backed by PostgreSQL: users, search, subscriptions
+ * (the gate that status and events need, and the plumbing of requests that
+ * wait for PostgreSQL, are gate.c's).
  */
 
 
@@ -13,30 +14,22 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include "ngx_http_presence.h"
+#include "ngx_http_presence_gate.h"
 
 
-#define NGX_HTTP_PRESENCE_NAME_MAX     255    /* characters */
-#define NGX_HTTP_PRESENCE_LIMIT_MAX    100
-#define NGX_HTTP_PRESENCE_LIMIT        20
+#define NGX_HTTP_PRESENCE_PAGE         1000   /* subscriptions, at most */
+#define NGX_HTTP_PRESENCE_CURSOR_LEN   16     /* base64url of an id */
+
+/* a search whose q has fewer characters than this is a prefix match */
+#define NGX_HTTP_PRESENCE_SEARCH_TRGM  3
+
+/* a substring search orders at most this many of its matches */
+#define NGX_HTTP_PRESENCE_SEARCH_SCAN  1000
 
 
-static void ngx_http_presence_ctx_cleanup(void *data);
-static ngx_int_t ngx_http_presence_send_query(ngx_http_request_t *r,
-    ngx_http_presence_ctx_t *ctx, const char *sql, ngx_uint_t nparams,
-    ngx_str_t *params, ngx_http_presence_pg_handler_pt handler);
-static ngx_http_request_t *ngx_http_presence_answer(
-    ngx_http_presence_ctx_t *ctx, ngx_int_t rc);
-static ngx_http_request_t *ngx_http_presence_result(
-    ngx_http_presence_ctx_t *ctx, PGresult *res, ngx_int_t rc,
-    ExecStatusType want);
-static ngx_int_t ngx_http_presence_unavailable(ngx_http_request_t *r);
-static ngx_int_t ngx_http_presence_send_object(ngx_http_request_t *r,
-    ngx_uint_t status, json_t *obj);
-static void ngx_http_presence_add_status(json_t *obj,
-    ngx_presence_table_t *table, uint32_t id, ngx_uint_t seq);
-static ngx_str_t *ngx_http_presence_uint_param(ngx_pool_t *pool,
-    uint32_t n);
-static ngx_int_t ngx_http_presence_valid_name(const char *name, size_t len);
+static void ngx_http_presence_add_status_seen(json_t *obj,
+    ngx_presence_table_t *table, uint32_t id, ngx_uint_t seq,
+    uint64_t seen);
 
 static void ngx_http_presence_create_user(ngx_http_request_t *r);
 static void ngx_http_presence_created(void *data, PGresult *res,
@@ -47,228 +40,27 @@ static void ngx_http_presence_got_user(void *data, PGresult *res,
     ngx_int_t rc);
 static ngx_int_t ngx_http_presence_search(ngx_http_request_t *r,
     uint32_t uid);
+static ngx_uint_t ngx_http_presence_search_prefix(ngx_str_t *q);
 static void ngx_http_presence_found(void *data, PGresult *res, ngx_int_t rc);
 
+static ngx_int_t ngx_http_presence_subscriptions_list(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
 static void ngx_http_presence_subscribed(void *data, PGresult *res,
     ngx_int_t rc);
 static void ngx_http_presence_unsubscribed(void *data, PGresult *res,
     ngx_int_t rc);
 static void ngx_http_presence_listed(void *data, PGresult *res, ngx_int_t rc);
 
-static void ngx_http_presence_gate_loaded(void *data, PGresult *res,
-    ngx_int_t rc);
-static ngx_int_t ngx_http_presence_gate_check(ngx_http_request_t *r,
-    ngx_http_presence_ctx_t *ctx);
-static void ngx_http_presence_gate_exists(void *data, PGresult *res,
-    ngx_int_t rc);
-static int ngx_http_presence_cmp_id(const void *a, const void *b);
 
-
-/* ms since the epoch, as bigint, of a timestamptz column */
-#define NGX_HTTP_PRESENCE_MS(col)                                             \
-    "(extract(epoch from " col ") * 1000)::bigint"
-
-
-/* ------------------------------------------------------------------ */
-/* requests waiting for the database                                   */
-
-
-ngx_int_t
-ngx_http_presence_ctx_init(ngx_http_request_t *r,
-    ngx_http_presence_ctx_t **pctx)
-{
-    ngx_pool_cleanup_t       *cln;
-    ngx_http_presence_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_presence_module);
-
-    if (ctx == NULL) {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_presence_ctx_t));
-        if (ctx == NULL) {
-            return NGX_ERROR;
-        }
-
-        /* the query must never call back into a freed request */
-        cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == NULL) {
-            return NGX_ERROR;
-        }
-
-        cln->handler = ngx_http_presence_ctx_cleanup;
-        cln->data = ctx;
-
-        ctx->request = r;
-        ngx_http_set_ctx(r, ctx, ngx_http_presence_module);
-    }
-
-    *pctx = ctx;
-
-    return NGX_OK;
-}
-
+/*
+ * seen: PostgreSQL's last_seen of the user (0: null or not known), the
+ * answer when the table does not hold the user, or holds it offline and
+ * never seen (reclaimed, or not loaded).
+ */
 
 static void
-ngx_http_presence_ctx_cleanup(void *data)
-{
-    ngx_http_presence_ctx_t  *ctx = data;
-
-    if (ctx->query) {
-        ngx_http_presence_pg_cancel(ctx->query);
-        ctx->query = NULL;
-    }
-}
-
-
-/*
- * Sends a query for the request; NGX_DONE: the handler will finalize it;
- * anything else is the response already sent (503: database unavailable).
- */
-
-static ngx_int_t
-ngx_http_presence_send_query(ngx_http_request_t *r,
-    ngx_http_presence_ctx_t *ctx, const char *sql, ngx_uint_t nparams,
-    ngx_str_t *params, ngx_http_presence_pg_handler_pt handler)
-{
-    ngx_http_presence_main_conf_t  *pmcf;
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
-
-    ctx->query = ngx_http_presence_pg_query(pmcf->pg, sql, nparams, params,
-                                            handler, ctx);
-    if (ctx->query == NULL) {
-        return ngx_http_presence_unavailable(r);
-    }
-
-    if (!ctx->waiting) {
-        /* given back by the caller's NGX_DONE */
-        ctx->waiting = 1;
-        r->main->count++;
-    }
-
-    return NGX_DONE;
-}
-
-
-/*
- * The query of a request answered: the request, or NULL when the
- * database failed and the 503 is sent.
- */
-
-static ngx_http_request_t *
-ngx_http_presence_answer(ngx_http_presence_ctx_t *ctx, ngx_int_t rc)
-{
-    ngx_http_request_t  *r;
-
-    r = ctx->request;
-    ctx->query = NULL;
-
-    if (rc != NGX_OK) {
-        ngx_http_presence_finalize(r, ngx_http_presence_unavailable(r));
-        return NULL;
-    }
-
-    return r;
-}
-
-
-/*
- * Ends a request that waited for the database.  The count taken when its
- * first query was sent was already given back, by the content phase (the
- * handler returned NGX_DONE) or by the body handler.
- */
-
-void
-ngx_http_presence_finalize(ngx_http_request_t *r, ngx_int_t rc)
-{
-    ngx_connection_t  *c;
-
-    if (r == r->main) {
-        ngx_http_finalize_request(r, rc);
-        return;
-    }
-
-    /* a subrequest (nchan's authorization): its parent is posted to run */
-
-    c = r->connection;
-
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
-}
-
-
-static ngx_int_t
-ngx_http_presence_unavailable(ngx_http_request_t *r)
-{
-    return ngx_http_presence_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "unavailable", "database unavailable");
-}
-
-
-/* a result that is neither rows nor a known constraint: log it, 503 */
-
-static ngx_int_t
-ngx_http_presence_failed(ngx_http_request_t *r, PGresult *res)
-{
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                  "presence: query failed: %s",
-                  PQresultErrorMessage(res));
-
-    return ngx_http_presence_unavailable(r);
-}
-
-
-/*
- * The request of a query that answered with rows (or a command that
- * completed), or NULL when the 503 is sent already.
- */
-
-static ngx_http_request_t *
-ngx_http_presence_result(ngx_http_presence_ctx_t *ctx, PGresult *res,
-    ngx_int_t rc, ExecStatusType want)
-{
-    ngx_http_request_t  *r;
-
-    r = ngx_http_presence_answer(ctx, rc);
-
-    if (r && PQresultStatus(res) != want) {
-        ngx_http_presence_finalize(r, ngx_http_presence_failed(r, res));
-        return NULL;
-    }
-
-    return r;
-}
-
-
-static ngx_int_t
-ngx_http_presence_send_object(ngx_http_request_t *r, ngx_uint_t status,
-    json_t *obj)
-{
-    size_t      len;
-    ngx_buf_t  *b;
-
-    if (obj == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = json_dumpb(obj, NULL, 0, JSON_COMPACT);
-
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL || len == 0) {
-        json_decref(obj);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->last += json_dumpb(obj, (char *) b->pos, len, JSON_COMPACT);
-
-    json_decref(obj);
-
-    return ngx_http_presence_send_json(r, status, b);
-}
-
-
-static void
-ngx_http_presence_add_status(json_t *obj, ngx_presence_table_t *table,
-    uint32_t id, ngx_uint_t seq)
+ngx_http_presence_add_status_seen(json_t *obj, ngx_presence_table_t *table,
+    uint32_t id, ngx_uint_t seq, uint64_t seen)
 {
     ngx_presence_node_t    *node;
     ngx_presence_status_t   st;
@@ -282,6 +74,10 @@ ngx_http_presence_add_status(json_t *obj, ngx_presence_table_t *table,
         ngx_memzero(&st, sizeof(ngx_presence_status_t));
     }
 
+    if (!st.online && st.last_seen == 0) {
+        st.last_seen = seen;
+    }
+
     json_object_set_new(obj, "status",
                         json_string(st.online ? "online" : "offline"));
     json_object_set_new(obj, "last_seen",
@@ -293,105 +89,30 @@ ngx_http_presence_add_status(json_t *obj, ngx_presence_table_t *table,
 }
 
 
-/*
- * The id after the location's name: NGX_OK; NGX_DECLINED: there is no
- * "/..." part ("rest" is empty); NGX_ERROR: not a user id.
- */
-
-ngx_int_t
-ngx_http_presence_path_id(ngx_http_request_t *r, ngx_str_t *rest,
-    uint32_t *id)
-{
-    if (rest->len == 0) {
-        return NGX_DECLINED;
-    }
-
-    if (ngx_http_presence_parse_id(rest->data + 1, rest->len - 1, id)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_str_t *
-ngx_http_presence_uint_param(ngx_pool_t *pool, uint32_t n)
-{
-    ngx_str_t  *s;
-
-    s = ngx_palloc(pool, sizeof(ngx_str_t));
-    if (s == NULL) {
-        return NULL;
-    }
-
-    s->data = ngx_pnalloc(pool, NGX_INT32_LEN);
-    if (s->data == NULL) {
-        return NULL;
-    }
-
-    s->len = ngx_sprintf(s->data, "%uD", n) - s->data;
-
-    return s;
-}
-
-
-/*
- * 1..255 characters of printable UTF-8: no C0 or C1 control characters,
- * no DEL.  jansson already checked that the bytes are UTF-8.
- */
-
-static ngx_int_t
-ngx_http_presence_valid_name(const char *name, size_t len)
-{
-    u_char      *p, *last;
-    uint32_t     c;
-    ngx_uint_t   n;
-
-    p = (u_char *) name;
-    last = p + len;
-    n = 0;
-
-    while (p < last) {
-        /* ngx_utf8_decode() takes multibyte sequences only */
-        c = (*p < 0x80) ? *p++ : ngx_utf8_decode(&p, last - p);
-
-        if (c > 0x10ffff || c < 0x20 || (c >= 0x7f && c <= 0x9f)
-            || c == 0x2028 || c == 0x2029)
-        {
-            return NGX_ERROR;
-        }
-
-        n++;
-    }
-
-    return (n >= 1 && n <= NGX_HTTP_PRESENCE_NAME_MAX) ? NGX_OK : NGX_ERROR;
-}
-
-
 /* ------------------------------------------------------------------ */
 /* /v1/users                                                           */
 
 
 ngx_int_t
-ngx_http_presence_users_handler(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf, ngx_str_t *rest)
+ngx_http_presence_users_handler(ngx_http_request_t *r)
 {
     uint32_t   uid, id;
     ngx_int_t  rc;
+    ngx_str_t  rest;
 
-    rc = ngx_http_presence_path_id(r, rest, &id);
+    if (ngx_http_presence_rest(r, &rest) != NGX_OK) {
+        return ngx_http_presence_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                       "no such resource");
+    }
+
+    rc = ngx_http_presence_path_id(r, &rest, &id);
 
     if (rc == NGX_DECLINED) {
 
         if (r->method == NGX_HTTP_POST) {
 
             if (r->headers_in.content_length_n > NGX_HTTP_PRESENCE_BODY_MAX) {
-                return ngx_http_presence_error(r,
-                                          NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                          "payload_too_large",
-                                          "request body over 4096 bytes");
+                return ngx_http_presence_too_large(r);
             }
 
             rc = ngx_http_read_client_request_body(r,
@@ -403,28 +124,22 @@ ngx_http_presence_users_handler(ngx_http_request_t *r,
             return NGX_DONE;
         }
 
-        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-            return ngx_http_presence_not_allowed(r, "GET, HEAD, POST");
-        }
-
-        rc = ngx_http_presence_identify(r, plcf, &uid);
+        rc = ngx_http_presence_open(r, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                    "GET, HEAD, POST", 0, &uid);
         if (rc != NGX_OK) {
-            return (rc == NGX_DECLINED) ? NGX_OK : rc;
+            return rc;
         }
 
         return ngx_http_presence_search(r, uid);
     }
 
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return ngx_http_presence_not_allowed(r, "GET, HEAD");
-    }
-
-    rc = ngx_http_presence_identify(r, plcf, &uid);
+    rc = ngx_http_presence_open(r, NGX_HTTP_GET|NGX_HTTP_HEAD, "GET, HEAD", 0,
+                                &uid);
     if (rc != NGX_OK) {
-        return (rc == NGX_DECLINED) ? NGX_OK : rc;
+        return rc;
     }
 
-    if (ngx_http_presence_path_id(r, rest, &id) != NGX_OK) {
+    if (ngx_http_presence_path_id(r, &rest, &id) != NGX_OK) {
         return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
                                        "user id must be an integer in "
                                        "1..2147483647");
@@ -443,13 +158,10 @@ ngx_http_presence_create_user(ngx_http_request_t *r)
     ngx_str_t                 body, *params;
     ngx_http_presence_ctx_t  *ctx;
 
-    rc = ngx_http_presence_read_body(r, &body);
+    rc = ngx_http_presence_read_body(r, NGX_HTTP_PRESENCE_BODY_MAX, &body);
 
     if (rc == NGX_DECLINED) {
-        ngx_http_finalize_request(r,
-            ngx_http_presence_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                    "payload_too_large",
-                                    "request body over 4096 bytes"));
+        ngx_http_finalize_request(r, ngx_http_presence_too_large(r));
         return;
     }
 
@@ -470,7 +182,9 @@ ngx_http_presence_create_user(ngx_http_request_t *r)
         ngx_http_finalize_request(r,
             ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
                                     "body must be {\\\"name\\\": \\\"...\\\"}"
-                                    " with 1 to 255 printable characters"));
+                                    " with 1 to "
+                                    NGX_PRESENCE_S(NGX_HTTP_PRESENCE_NAME_MAX)
+                                    " printable characters"));
         return;
     }
 
@@ -479,10 +193,17 @@ ngx_http_presence_create_user(ngx_http_request_t *r)
         return;
     }
 
-    /* one statement: a taken name inserts nothing, nothing half-written */
+    /*
+     * One statement: a taken name inserts nothing, nothing half-written.
+     * The name is looked up first, so that a taken name draws no id from
+     * the sequence (ON CONFLICT alone draws one per attempt); two creates
+     * of one free name at once still meet the unique index.
+     */
 
     rc = ngx_http_presence_send_query(r, ctx,
-             "INSERT INTO users (user_name) VALUES ($1) "
+             "INSERT INTO users (user_name) SELECT $1::varchar "
+             "WHERE NOT EXISTS (SELECT 1 FROM users "
+                               "WHERE lower(user_name) = lower($1)) "
              "ON CONFLICT DO NOTHING "
              "RETURNING user_id, user_name, "
              NGX_HTTP_PRESENCE_MS("created_date"),
@@ -495,52 +216,6 @@ ngx_http_presence_create_user(ngx_http_request_t *r)
 
     /* the body handler's own count */
     ngx_http_finalize_request(r, NGX_DONE);
-}
-
-
-/*
- * The name of a POST /v1/users body, copied to the pool; NGX_DECLINED: not
- * such a body.
- */
-
-ngx_int_t
-ngx_http_presence_parse_user(ngx_pool_t *pool, ngx_str_t *body,
-    ngx_str_t *name)
-{
-    json_t      *json, *v;
-    ngx_int_t    rc;
-    const char  *s;
-
-    json = json_loadb((char *) body->data, body->len, JSON_REJECT_DUPLICATES,
-                      NULL);
-
-    v = json_is_object(json) ? json_object_get(json, "name") : NULL;
-    s = json_is_string(v) ? json_string_value(v) : NULL;
-
-    if (s == NULL
-        || ngx_http_presence_valid_name(s, json_string_length(v)) != NGX_OK)
-    {
-        rc = NGX_DECLINED;
-        goto done;
-    }
-
-    name->len = json_string_length(v);
-    name->data = ngx_pnalloc(pool, name->len);
-    if (name->data == NULL) {
-        rc = NGX_ERROR;
-        goto done;
-    }
-
-    ngx_memcpy(name->data, s, name->len);
-    rc = NGX_OK;
-
-done:
-
-    if (json) {
-        json_decref(json);
-    }
-
-    return rc;
 }
 
 
@@ -573,6 +248,12 @@ ngx_http_presence_created(void *data, PGresult *res, ngx_int_t rc)
         ngx_http_presence_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
+
+    /* this worker may have cached "no such user" for the new id */
+    ngx_http_presence_known_user(id);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "presence: user %uD created", id);
 
     obj = json_object();
     json_object_set_new(obj, "id", json_integer(id));
@@ -608,14 +289,8 @@ ngx_http_presence_created(void *data, PGresult *res, ngx_int_t rc)
 static ngx_int_t
 ngx_http_presence_get_user(ngx_http_request_t *r, uint32_t uid, uint32_t id)
 {
-    ngx_int_t                 rc;
-    ngx_str_t                *params;
+    ngx_str_t                *params, *p;
     ngx_http_presence_ctx_t  *ctx;
-
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
 
     if (ngx_http_presence_ctx_init(r, &ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -626,8 +301,19 @@ ngx_http_presence_get_user(ngx_http_request_t *r, uint32_t uid, uint32_t id)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    params[0] = *ngx_http_presence_uint_param(r->pool, id);
-    params[1] = *ngx_http_presence_uint_param(r->pool, uid);
+    p = ngx_http_presence_uint_param(r->pool, id);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = *p;
+
+    p = ngx_http_presence_uint_param(r->pool, uid);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[1] = *p;
 
     ctx->uid = uid;
     ctx->target = id;
@@ -636,7 +322,8 @@ ngx_http_presence_get_user(ngx_http_request_t *r, uint32_t uid, uint32_t id)
                "SELECT u.user_id, u.user_name, "
                NGX_HTTP_PRESENCE_MS("u.created_date") ", "
                "EXISTS (SELECT 1 FROM users_subscribers s "
-                       "WHERE s.user_id = $2 AND s.user_id_t = u.user_id) "
+                       "WHERE s.user_id = $2 AND s.user_id_t = u.user_id), "
+               NGX_HTTP_PRESENCE_MS("u.last_seen") " "
                "FROM users u WHERE u.user_id = $1",
                2, params, ngx_http_presence_got_user);
 }
@@ -670,8 +357,9 @@ ngx_http_presence_got_user(void *data, PGresult *res, ngx_int_t rc)
                                                PQgetlength(res, 0, 2))));
 
     if (ctx->uid == ctx->target || PQgetvalue(res, 0, 3)[0] == 't') {
-        ngx_http_presence_add_status(obj, ngx_http_presence_table(r),
-                                     ctx->target, 0);
+        ngx_http_presence_add_status_seen(obj, ngx_http_presence_table(r),
+                                          ctx->target, 0,
+                                          ngx_http_presence_pg_ms(res, 0, 4));
     }
 
     ngx_http_presence_finalize(r,
@@ -686,15 +374,10 @@ ngx_http_presence_search(ngx_http_request_t *r, uint32_t uid)
 {
     char                     *reason;
     ngx_int_t                 rc, limit;
-    ngx_str_t                *params;
+    ngx_str_t                *params, *p;
     ngx_http_presence_ctx_t  *ctx;
 
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    params = ngx_pcalloc(r->pool, 3 * sizeof(ngx_str_t));
+    params = ngx_pcalloc(r->pool, 4 * sizeof(ngx_str_t));
     if (params == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -710,8 +393,19 @@ ngx_http_presence_search(ngx_http_request_t *r, uint32_t uid)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    params[1] = *ngx_http_presence_uint_param(r->pool, uid);
-    params[2] = *ngx_http_presence_uint_param(r->pool, (uint32_t) limit);
+    p = ngx_http_presence_uint_param(r->pool, uid);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[1] = *p;
+
+    p = ngx_http_presence_uint_param(r->pool, (uint32_t) limit);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[2] = *p;
 
     if (ngx_http_presence_ctx_init(r, &ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -719,77 +413,62 @@ ngx_http_presence_search(ngx_http_request_t *r, uint32_t uid)
 
     ctx->uid = uid;
 
-    /* LIKE's own wildcards in q match themselves */
+    /*
+     * No form scans the table (sql/003_search.sql): a prefix is a range of
+     * the "C" index of lower(user_name), read in order, that stops after
+     * $3 rows; a substring takes at most NGX_HTTP_PRESENCE_SEARCH_SCAN
+     * matches from the trigram index and orders those (or is a prefix
+     * too, when the trigram index has nothing to look up).  Names are unique
+     * lowercased: the order needs no tie-breaker.  LIKE's own wildcards
+     * in q match themselves.
+     */
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "presence search: \"%V\", %s match, limit %i",
+                   &params[0],
+                   ngx_http_presence_search_prefix(&params[0]) ? "prefix"
+                                                               : "substring",
+                   limit);
+
+    if (ngx_http_presence_search_prefix(&params[0])) {
+        return ngx_http_presence_send_query(r, ctx,
+                   "SELECT u.user_id, u.user_name, "
+                   "EXISTS (SELECT 1 FROM users_subscribers s "
+                           "WHERE s.user_id = $2 "
+                           "AND s.user_id_t = u.user_id), "
+                   NGX_HTTP_PRESENCE_MS("u.last_seen") " "
+                   "FROM users u "
+                   "WHERE lower(u.user_name) COLLATE \"C\" LIKE "
+                       "replace(replace(replace(lower($1), "
+                       "'\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%' "
+                   "ORDER BY lower(u.user_name) COLLATE \"C\" LIMIT $3",
+                   3, params, ngx_http_presence_found);
+    }
+
+    p = ngx_http_presence_uint_param(r->pool, NGX_HTTP_PRESENCE_SEARCH_SCAN);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[3] = *p;
 
     return ngx_http_presence_send_query(r, ctx,
-               "SELECT u.user_id, u.user_name, s.user_id IS NOT NULL "
-               "FROM users u LEFT JOIN users_subscribers s "
-                   "ON s.user_id = $2 AND s.user_id_t = u.user_id "
-               "WHERE lower(u.user_name) LIKE '%' || "
-                   "replace(replace(replace(lower($1), '\\', '\\\\'), "
-                   "'%', '\\%'), '_', '\\_') || '%' "
-               "ORDER BY u.user_name, u.user_id LIMIT $3",
-               3, params, ngx_http_presence_found);
+               "SELECT * FROM presence_search_contains($1, $2::int, "
+                                                      "$3::int, $4::int)",
+               4, params, ngx_http_presence_found);
 }
 
 
 /*
- * The search's "q" and "limit"; NGX_DECLINED: they are not valid ("reason"
- * says why).  The "+" of "q" are spaces.
+ * A q of 1 or 2 characters is a prefix match: the trigram index cannot
+ * serve it.  presence_search_contains() makes a prefix match of a longer
+ * q that holds no 3 letters or digits in a row, by pg_trgm's own ctype.
  */
 
-ngx_int_t
-ngx_http_presence_search_args(ngx_http_request_t *r, ngx_str_t *q,
-    ngx_int_t *limit, char **reason)
+static ngx_uint_t
+ngx_http_presence_search_prefix(ngx_str_t *q)
 {
-    u_char     *dst, *src;
-    ngx_str_t   arg;
-
-    if (ngx_http_arg(r, (u_char *) "q", 1, &arg) != NGX_OK || arg.len == 0
-        || arg.len > 4 * NGX_HTTP_PRESENCE_NAME_MAX * 3)
-    {
-        *reason = "q must hold 1 to 255 characters";
-        return NGX_DECLINED;
-    }
-
-    q->data = ngx_pnalloc(r->pool, arg.len);
-    if (q->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    /* query strings use "+" for spaces */
-    for (src = arg.data; src < arg.data + arg.len; src++) {
-        if (*src == '+') {
-            *src = ' ';
-        }
-    }
-
-    dst = q->data;
-    src = arg.data;
-    ngx_unescape_uri(&dst, &src, arg.len, 0);
-    q->len = dst - q->data;
-
-    if (q->len == 0
-        || ngx_utf8_length(q->data, q->len) == (size_t) -1
-        || ngx_utf8_length(q->data, q->len) > NGX_HTTP_PRESENCE_NAME_MAX
-        || ngx_strlchr(q->data, q->data + q->len, '\0'))
-    {
-        *reason = "q must hold 1 to 255 characters of UTF-8";
-        return NGX_DECLINED;
-    }
-
-    *limit = NGX_HTTP_PRESENCE_LIMIT;
-
-    if (ngx_http_arg(r, (u_char *) "limit", 5, &arg) == NGX_OK) {
-        *limit = ngx_atoi(arg.data, arg.len);
-
-        if (*limit < 1 || *limit > NGX_HTTP_PRESENCE_LIMIT_MAX) {
-            *reason = "limit must be in 1..100";
-            return NGX_DECLINED;
-        }
-    }
-
-    return NGX_OK;
+    return ngx_utf8_length(q->data, q->len) < NGX_HTTP_PRESENCE_SEARCH_TRGM;
 }
 
 
@@ -832,7 +511,8 @@ ngx_http_presence_found(void *data, PGresult *res, ngx_int_t rc)
         json_object_set_new(u, "subscribed", json_boolean(subscribed));
 
         if (subscribed) {
-            ngx_http_presence_add_status(u, table, id, 0);
+            ngx_http_presence_add_status_seen(u, table, id, 0,
+                                          ngx_http_presence_pg_ms(res, i, 3));
         }
 
         json_array_append_new(list, u);
@@ -848,33 +528,32 @@ ngx_http_presence_found(void *data, PGresult *res, ngx_int_t rc)
 
 
 ngx_int_t
-ngx_http_presence_subscriptions_handler(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf, ngx_str_t *rest)
+ngx_http_presence_subscriptions_handler(ngx_http_request_t *r)
 {
-    uint32_t                  uid, id;
-    ngx_int_t                 rc, path;
-    ngx_str_t                *params;
-    ngx_http_presence_ctx_t  *ctx;
+    uint32_t                        uid, id;
+    ngx_int_t                       rc, path;
+    ngx_str_t                       rest, *params, *p, *t, *c;
+    ngx_http_presence_ctx_t        *ctx;
+    ngx_http_presence_main_conf_t  *pmcf;
 
-    path = ngx_http_presence_path_id(r, rest, &id);
+    if (ngx_http_presence_rest(r, &rest) != NGX_OK) {
+        return ngx_http_presence_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                       "no such resource");
+    }
+
+    path = ngx_http_presence_path_id(r, &rest, &id);
 
     if (path == NGX_DECLINED) {
-        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-            return ngx_http_presence_not_allowed(r, "GET, HEAD");
-        }
+        rc = ngx_http_presence_open(r, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                    "GET, HEAD", 0, &uid);
 
-    } else if (!(r->method & (NGX_HTTP_PUT|NGX_HTTP_DELETE))) {
-        return ngx_http_presence_not_allowed(r, "PUT, DELETE");
+    } else {
+        rc = ngx_http_presence_open(r, NGX_HTTP_PUT|NGX_HTTP_DELETE,
+                                    "PUT, DELETE", 0, &uid);
     }
 
-    rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
-    }
-
-    rc = ngx_http_presence_identify(r, plcf, &uid);
-    if (rc != NGX_OK) {
-        return (rc == NGX_DECLINED) ? NGX_OK : rc;
     }
 
     if (path == NGX_ERROR) {
@@ -895,23 +574,28 @@ ngx_http_presence_subscriptions_handler(ngx_http_request_t *r,
     ctx->uid = uid;
     ctx->target = id;
 
-    params = ngx_palloc(r->pool, 2 * sizeof(ngx_str_t));
+    if (path == NGX_DECLINED) {
+        return ngx_http_presence_subscriptions_list(r, ctx);
+    }
+
+    params = ngx_palloc(r->pool, 3 * sizeof(ngx_str_t));
     if (params == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    params[0] = *ngx_http_presence_uint_param(r->pool, uid);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
 
-    if (path == NGX_DECLINED) {
-        return ngx_http_presence_send_query(r, ctx,
-                   "SELECT u.user_id, u.user_name "
-                   "FROM users_subscribers s "
-                   "JOIN users u ON u.user_id = s.user_id_t "
-                   "WHERE s.user_id = $1 ORDER BY u.user_name, u.user_id",
-                   1, params, ngx_http_presence_listed);
+    p = ngx_http_presence_uint_param(r->pool, uid);
+    t = ngx_http_presence_uint_param(r->pool, id);
+    c = ngx_http_presence_uint_param(r->pool, (uint32_t) pmcf->subs.max);
+
+    if (p == NULL || t == NULL || c == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    params[1] = *ngx_http_presence_uint_param(r->pool, id);
+    params[0] = *p;
+    params[1] = *t;
+    params[2] = *c;
 
     if (r->method == NGX_HTTP_DELETE) {
         return ngx_http_presence_send_query(r, ctx,
@@ -921,20 +605,106 @@ ngx_http_presence_subscriptions_handler(ngx_http_request_t *r,
     }
 
     /*
-     * One statement: the target must exist, the row goes in unless it is
-     * there; "inserted" tells 201 from 200.  The caller must exist too
-     * (foreign key): a token of an unknown user is 404 as well.
+     * sql/002: the target must exist, the row goes in unless it is there
+     * or the caller is at its cap (race-free: the caller's row is locked);
+     * "created" tells 201 from 200 from 409.
      */
 
     return ngx_http_presence_send_query(r, ctx,
-               "WITH t AS (SELECT user_id, user_name FROM users "
-                          "WHERE user_id = $2), "
-               "ins AS (INSERT INTO users_subscribers (user_id, user_id_t) "
-                       "SELECT $1, user_id FROM t "
-                       "ON CONFLICT DO NOTHING RETURNING 1) "
-               "SELECT t.user_id, t.user_name, "
-                      "(SELECT count(*) FROM ins) FROM t",
-               2, params, ngx_http_presence_subscribed);
+               "SELECT id, name, created, last_seen "
+               "FROM presence_subscribe($1, $2, $3)",
+               3, params, ngx_http_presence_subscribed);
+}
+
+
+/*
+ * GET /v1/subscriptions?limit=&cursor=: a page of the buddy list in
+ * (name, id) order.  The cursor is the base64url of the last id of the
+ * page before; one row more than the page tells whether one follows.
+ */
+
+static ngx_int_t
+ngx_http_presence_subscriptions_list(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    u_char      buf[ngx_base64_decoded_length(NGX_HTTP_PRESENCE_CURSOR_LEN)];
+    uint32_t    after;
+    ngx_int_t   limit;
+    ngx_str_t   arg, dec, *params, *p;
+
+    limit = NGX_HTTP_PRESENCE_PAGE;
+
+    if (ngx_http_arg(r, (u_char *) "limit", sizeof("limit") - 1, &arg)
+        == NGX_OK)
+    {
+        limit = ngx_atoi(arg.data, arg.len);
+
+        if (limit < 1 || limit > NGX_HTTP_PRESENCE_PAGE) {
+            return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST,
+                       "bad_request",
+                       "limit must be an integer in 1.."
+                       NGX_PRESENCE_S(NGX_HTTP_PRESENCE_PAGE));
+        }
+    }
+
+    params = ngx_pcalloc(r->pool, 3 * sizeof(ngx_str_t));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* params[2].data NULL: SQL NULL, the first page */
+
+    if (ngx_http_arg(r, (u_char *) "cursor", sizeof("cursor") - 1, &arg)
+        == NGX_OK)
+    {
+        dec.data = buf;
+
+        if (arg.len == 0 || arg.len > NGX_HTTP_PRESENCE_CURSOR_LEN
+            || ngx_decode_base64url(&dec, &arg) != NGX_OK
+            || ngx_http_presence_parse_id(dec.data, dec.len, &after) != NGX_OK)
+        {
+            return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST,
+                                           "bad_request",
+                                           "cursor must be the next of "
+                                           "an earlier page");
+        }
+
+        p = ngx_http_presence_uint_param(r->pool, after);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        params[2] = *p;
+    }
+
+    /* the page's size, for ngx_http_presence_listed() */
+    ctx->n = limit;
+
+    p = ngx_http_presence_uint_param(r->pool, ctx->uid);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = *p;
+
+    p = ngx_http_presence_uint_param(r->pool, (uint32_t) limit + 1);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[1] = *p;
+
+    return ngx_http_presence_send_query(r, ctx,
+               "SELECT u.user_id, u.user_name, "
+                      NGX_HTTP_PRESENCE_MS("u.last_seen") " "
+               "FROM users_subscribers s "
+               "JOIN users u ON u.user_id = s.user_id_t "
+               "WHERE s.user_id = $1 AND ($3::int IS NULL "
+                   "OR (u.user_name, u.user_id) > "
+                      "(SELECT c.user_name, c.user_id FROM users c "
+                       "WHERE c.user_id = $3)) "
+               "ORDER BY u.user_name, u.user_id LIMIT $2",
+               3, params, ngx_http_presence_listed);
 }
 
 
@@ -975,17 +745,43 @@ ngx_http_presence_subscribed(void *data, PGresult *res, ngx_int_t rc)
         return;
     }
 
-    created = (PQgetvalue(res, 0, 2)[0] != '0');
+    /* sql/002: "1" new, "0" existed, "-1" at the cap, "-2" no caller */
+
+    state = PQgetvalue(res, 0, 2);
+
+    if (ngx_strcmp(state, "-2") == 0) {
+        ngx_http_presence_finalize(r,
+            ngx_http_presence_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                    "the caller is no known user"));
+        return;
+    }
+
+    if (ngx_strcmp(state, "-1") == 0) {
+        ngx_http_presence_finalize(r,
+            ngx_http_presence_error(r, NGX_HTTP_CONFLICT, "conflict",
+                                    "the caller subscribes to as many "
+                                    "users as it may "
+                                    "(presence_subscriptions_max)"));
+        return;
+    }
+
+    created = (state[0] == '1');
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "presence: user %uD subscribes to %uD%s", ctx->uid,
+                   ctx->target, created ? "" : " already");
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
     ngx_presence_subs_update(&pmcf->subs, ctx->uid, ctx->target, 1);
+    ngx_presence_cluster_subs_changed(pmcf->cluster, ctx->uid);
 
     obj = json_object();
     json_object_set_new(obj, "id", json_integer(ctx->target));
     json_object_set_new(obj, "name", json_stringn(PQgetvalue(res, 0, 1),
                                                   PQgetlength(res, 0, 1)));
-    ngx_http_presence_add_status(obj, ngx_http_presence_table(r), ctx->target,
-                                 0);
+    ngx_http_presence_add_status_seen(obj, ngx_http_presence_table(r),
+                                      ctx->target, 0,
+                                      ngx_http_presence_pg_ms(res, 0, 3));
 
     ngx_http_presence_finalize(r,
         ngx_http_presence_send_object(r, created ? NGX_HTTP_CREATED
@@ -1006,8 +802,13 @@ ngx_http_presence_unsubscribed(void *data, PGresult *res, ngx_int_t rc)
         return;
     }
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "presence: user %uD unsubscribes from %uD",
+                   ctx->uid, ctx->target);
+
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
     ngx_presence_subs_update(&pmcf->subs, ctx->uid, ctx->target, 0);
+    ngx_presence_cluster_subs_changed(pmcf->cluster, ctx->uid);
 
     r->headers_out.status = NGX_HTTP_NO_CONTENT;
     r->headers_out.content_length_n = 0;
@@ -1017,14 +818,17 @@ ngx_http_presence_unsubscribed(void *data, PGresult *res, ngx_int_t rc)
 }
 
 
-/* GET /v1/subscriptions: the buddy list, with live status */
+/* GET /v1/subscriptions: a page of the buddy list, with live status */
 
 static void
 ngx_http_presence_listed(void *data, PGresult *res, ngx_int_t rc)
 {
-    int                       i, n;
+    u_char                    buf[NGX_INT32_LEN];
+    u_char                    next[NGX_HTTP_PRESENCE_CURSOR_LEN];
     json_t                   *obj, *list, *u;
-    uint32_t                 *ids;
+    uint32_t                  id;
+    ngx_str_t                 src, dst;
+    ngx_uint_t                i, n, more;
     ngx_http_request_t       *r;
     ngx_presence_table_t     *table;
     ngx_http_presence_ctx_t  *ctx = data;
@@ -1036,33 +840,50 @@ ngx_http_presence_listed(void *data, PGresult *res, ngx_int_t rc)
 
     table = ngx_http_presence_table(r);
 
-    n = PQntuples(res);
+    /* the query asked for one row more than the page: is there a next */
 
-    ids = ngx_palloc(r->pool, (n + 1) * sizeof(uint32_t));
-    if (ids == NULL) {
-        ngx_http_presence_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+    n = PQntuples(res);
+    more = (n > ctx->n);
+
+    if (more) {
+        n = ctx->n;
     }
 
     obj = json_object();
     list = json_array();
     json_object_set_new(obj, "subscriptions", list);
 
+    id = 0;
+
     for (i = 0; i < n; i++) {
         if (ngx_http_presence_parse_id((u_char *) PQgetvalue(res, i, 0),
-                                       PQgetlength(res, i, 0), &ids[i])
+                                       PQgetlength(res, i, 0), &id)
             != NGX_OK)
         {
-            ids[i] = 0;
             continue;
         }
 
         u = json_object();
-        json_object_set_new(u, "id", json_integer(ids[i]));
+        json_object_set_new(u, "id", json_integer(id));
         json_object_set_new(u, "name", json_stringn(PQgetvalue(res, i, 1),
                                                     PQgetlength(res, i, 1)));
-        ngx_http_presence_add_status(u, table, ids[i], 0);
+        ngx_http_presence_add_status_seen(u, table, id, 0,
+                                          ngx_http_presence_pg_ms(res, i, 2));
         json_array_append_new(list, u);
+    }
+
+    if (more && id) {
+        src.data = buf;
+        src.len = ngx_sprintf(buf, "%uD", id) - buf;
+        dst.data = next;
+
+        ngx_encode_base64url(&dst, &src);
+
+        json_object_set_new(obj, "next",
+                            json_stringn((char *) dst.data, dst.len));
+
+    } else {
+        json_object_set_new(obj, "next", json_null());
     }
 
     ngx_http_presence_finalize(r,
@@ -1070,245 +891,3 @@ ngx_http_presence_listed(void *data, PGresult *res, ngx_int_t rc)
 }
 
 
-/* ------------------------------------------------------------------ */
-/* the subscription gate of the status handlers                        */
-
-
-/*
- * Fills ctx->allowed for ctx->ids: NGX_OK: done, answer now; NGX_DONE: the
- * database is asked, ctx->done answers later; other: response sent.
- */
-
-ngx_int_t
-ngx_http_presence_gate(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
-{
-    ngx_int_t                       rc;
-    ngx_uint_t                      i;
-    ngx_str_t                      *params;
-    ngx_http_presence_main_conf_t  *pmcf;
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
-
-    ctx->allowed = ngx_pcalloc(r->pool, ctx->n);
-    if (ctx->allowed == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    /* a caller may always see itself, whatever the database says */
-
-    for (i = 0; i < ctx->n && ctx->ids[i] == ctx->uid; i++) {
-        ctx->allowed[i] = NGX_HTTP_PRESENCE_ALLOWED;
-    }
-
-    if (i == ctx->n) {
-        return NGX_OK;
-    }
-
-    if (pmcf->pg == NULL) {
-        /* no users database: a caller may see only itself */
-        for (i = 0; i < ctx->n; i++) {
-            ctx->allowed[i] = (ctx->ids[i] == ctx->uid)
-                              ? NGX_HTTP_PRESENCE_ALLOWED
-                              : NGX_HTTP_PRESENCE_NOT_SUBSCRIBED;
-        }
-
-        return NGX_OK;
-    }
-
-    rc = ngx_presence_subs_lookup(&pmcf->subs, ctx->uid, ctx->ids, ctx->n,
-                                  ctx->allowed, &ctx->version);
-
-    if (rc == NGX_OK) {
-        return ngx_http_presence_gate_check(r, ctx);
-    }
-
-    /* a miss: load the caller's set */
-
-    params = ngx_http_presence_uint_param(r->pool, ctx->uid);
-    if (params == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_presence_send_query(r, ctx,
-               "SELECT user_id_t FROM users_subscribers WHERE user_id = $1",
-               1, params, ngx_http_presence_gate_loaded);
-}
-
-
-static void
-ngx_http_presence_gate_loaded(void *data, PGresult *res, ngx_int_t rc)
-{
-    int                              i, n;
-    uint32_t                        *targets;
-    ngx_uint_t                       j, lo, hi, mid;
-    ngx_http_request_t              *r;
-    ngx_http_presence_ctx_t         *ctx = data;
-    ngx_http_presence_main_conf_t   *pmcf;
-
-    r = ngx_http_presence_result(ctx, res, rc, PGRES_TUPLES_OK);
-    if (r == NULL) {
-        return;
-    }
-
-    n = PQntuples(res);
-
-    targets = ngx_palloc(r->pool, (n + 1) * sizeof(uint32_t));
-    if (targets == NULL) {
-        ngx_http_presence_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    for (i = 0; i < n; i++) {
-        if (ngx_http_presence_parse_id((u_char *) PQgetvalue(res, i, 0),
-                                       PQgetlength(res, i, 0), &targets[i])
-            != NGX_OK)
-        {
-            targets[i] = 0;
-        }
-    }
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
-
-    ngx_presence_subs_store(&pmcf->subs, ctx->uid, ctx->version, targets, n);
-
-    ngx_qsort(targets, n, sizeof(uint32_t), ngx_http_presence_cmp_id);
-
-    for (j = 0; j < ctx->n; j++) {
-        lo = 0;
-        hi = n;
-
-        while (lo < hi) {
-            mid = lo + (hi - lo) / 2;
-
-            if (targets[mid] < ctx->ids[j]) {
-                lo = mid + 1;
-
-            } else {
-                hi = mid;
-            }
-        }
-
-        ctx->allowed[j] = (lo < (ngx_uint_t) n && targets[lo] == ctx->ids[j])
-                          ? NGX_HTTP_PRESENCE_ALLOWED
-                          : NGX_HTTP_PRESENCE_NOT_SUBSCRIBED;
-    }
-
-    rc = ngx_http_presence_gate_check(r, ctx);
-
-    if (rc == NGX_OK && !r->header_sent) {
-        ctx->done(r, ctx);
-        return;
-    }
-
-    if (rc != NGX_DONE) {
-        ngx_http_presence_finalize(r, rc);
-    }
-}
-
-
-/*
- * Ids the caller does not subscribe to are 404 when there is no such
- * user: one query for all of them.  The caller itself is always allowed.
- */
-
-static ngx_int_t
-ngx_http_presence_gate_check(ngx_http_request_t *r,
-    ngx_http_presence_ctx_t *ctx)
-{
-    u_char      *p;
-    ngx_str_t   *param;
-    ngx_uint_t   i, denied;
-
-    denied = 0;
-
-    for (i = 0; i < ctx->n; i++) {
-        if (ctx->ids[i] == ctx->uid) {
-            ctx->allowed[i] = NGX_HTTP_PRESENCE_ALLOWED;
-        }
-
-        if (ctx->allowed[i] != NGX_HTTP_PRESENCE_ALLOWED) {
-            ctx->allowed[i] = NGX_HTTP_PRESENCE_NOT_SUBSCRIBED;
-            denied++;
-        }
-    }
-
-    if (denied == 0) {
-        return NGX_OK;
-    }
-
-    param = ngx_palloc(r->pool, sizeof(ngx_str_t));
-    if (param == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    param->data = ngx_pnalloc(r->pool, 2 + denied * (NGX_INT32_LEN + 1));
-    if (param->data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    p = param->data;
-    *p++ = '{';
-
-    for (i = 0; i < ctx->n; i++) {
-        if (ctx->allowed[i] != NGX_HTTP_PRESENCE_ALLOWED) {
-            p = ngx_sprintf(p, "%uD,", ctx->ids[i]);
-        }
-    }
-
-    p[-1] = '}';
-    param->len = p - param->data;
-
-    return ngx_http_presence_send_query(r, ctx,
-               "SELECT x FROM unnest($1::int[]) x "
-               "WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = x)",
-               1, param, ngx_http_presence_gate_exists);
-}
-
-
-static void
-ngx_http_presence_gate_exists(void *data, PGresult *res, ngx_int_t rc)
-{
-    int                       i;
-    uint32_t                  id;
-    ngx_uint_t                j;
-    ngx_http_request_t       *r;
-    ngx_http_presence_ctx_t  *ctx = data;
-
-    r = ctx->request;
-    ctx->query = NULL;
-
-    /*
-     * Without the database the denied ids stay "not_subscribed": that
-     * tells nothing it should not, and the visible ones are answered.
-     */
-
-    if (rc == NGX_OK && PQresultStatus(res) == PGRES_TUPLES_OK) {
-
-        for (i = 0; i < PQntuples(res); i++) {
-            if (ngx_http_presence_parse_id((u_char *) PQgetvalue(res, i, 0),
-                                           PQgetlength(res, i, 0), &id)
-                != NGX_OK)
-            {
-                continue;
-            }
-
-            for (j = 0; j < ctx->n; j++) {
-                if (ctx->ids[j] == id) {
-                    ctx->allowed[j] = NGX_HTTP_PRESENCE_NOT_FOUND;
-                }
-            }
-        }
-    }
-
-    ctx->done(r, ctx);
-}
-
-
-static int
-ngx_http_presence_cmp_id(const void *a, const void *b)
-{
-    uint32_t  x = *(const uint32_t *) a;
-    uint32_t  y = *(const uint32_t *) b;
-
-    return (x > y) - (x < y);
-}

@@ -99,8 +99,8 @@ bearer(7)
 --- request eval
 ["GET /v1/status?ids=", "GET /v1/status", "GET /v1/status?ids=1,,2",
  "GET /v1/status?ids=1,", "GET /v1/status?ids=a", "GET /v1/status?ids=0",
- "GET /v1/status?ids=" . join(",", 1 .. 1001),
- "GET /v1/status?ids=" . join(",", 1 .. 1000),
+ "GET /v1/status?ids=" . CORE::join(",", 1 .. 1001),
+ "GET /v1/status?ids=" . CORE::join(",", 1 .. 1000),
  "GET /v1/status?ids=5%2C7"]
 --- more_headers eval
 bearer(7)

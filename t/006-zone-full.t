@@ -1,4 +1,5 @@
-# A full zone refuses new users with 503 and keeps those it has.
+# A full zone refuses new users with 503 and keeps those it has; users gone
+# offline (and written to every store) make room for new ones.
 
 use lib 't/lib';
 use Test::Nginx::Socket 'no_plan';
@@ -58,5 +59,34 @@ presence zone "presence" is full (3 users), user 4 refused
  qr/^\{"id":4,"status":"offline","last_seen":null,"seq":0\}$/,
  qr/\npresence_online_users 3\n.*\npresence_tracked_users 3\n.*presence_capacity_users 3\n.*\npresence_zone_full_total 2\n/s]
 --- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 4: users gone offline make room: a full zone takes new users
+--- http_config
+    presence_zone name=presence size=1m max_users=3;
+    presence_heartbeat_timeout 500ms;
+    presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
+--- config
+    # api
+--- request eval
+["POST /v1/heartbeat", "POST /v1/heartbeat", "POST /v1/heartbeat",
+ pause(1),
+ "POST /v1/heartbeat", "POST /v1/heartbeat", "POST /v1/heartbeat",
+ "GET /v1/status/4", "GET /v1/status/6", "GET /metrics"]
+--- more_headers eval
+[bearer(1), bearer(2), bearer(3), "", bearer(4), bearer(5), bearer(6),
+ bearer(4), bearer(6), ""]
+--- error_code eval
+[204, 204, 204, 204, 204, 204, 204, 200, 200, 200]
+--- response_body_like eval
+[qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/,
+ qr/^\{"id":4,"status":"online","last_seen":\d{13},"seq":\d*[13579]\}$/,
+ qr/^\{"id":6,"status":"online","last_seen":\d{13},"seq":\d*[13579]\}$/,
+ qr/\npresence_online_users 3\n.*\npresence_tracked_users 3\n.*\npresence_zone_full_total 0\n.*\npresence_reclaimed_total 3\n/s]
+--- no_error_log
+[error]
 [alert]
 [crit]

@@ -152,25 +152,31 @@ pg_reset(users => [[1001, 'alice']]);
 
 
 
-=== TEST 8: search by substring, case-insensitively, ordered by name, limit
+=== TEST 8: search by substring (3+ characters) or prefix (1-2), case-insensitively, ordered by name, limit, LIKE's wildcards literal
 --- config
     # pg api
 --- init
 pg_reset(users => [[1001, 'alice'], [1002, 'Malice'], [1003, 'bob'],
-                   [1004, 'ALIBABA'], [1005, 'al_x'], [1006, 'al%y']]);
+                   [1004, 'ALIBABA'], [1005, 'al_x'], [1006, 'al%y'],
+                   [1007, '_under'], [1008, '%pct']]);
 --- request eval
 ["GET /v1/users?q=ali", "GET /v1/users?q=ALI&limit=2", "GET /v1/users?q=_",
- "GET /v1/users?q=%25", "GET /v1/users?q=zzz"]
+ "GET /v1/users?q=%25", "GET /v1/users?q=zzz", "GET /v1/users?q=al_",
+ "GET /v1/users?q=al%25", "GET /v1/users?q=MA", "GET /v1/users?q=a"]
 --- more_headers eval
 bearer(1003)
 --- error_code eval
-[200, 200, 200, 200, 200]
+[200, 200, 200, 200, 200, 200, 200, 200, 200]
 --- response_body eval
-['{"users":[{"id":1004,"name":"ALIBABA","subscribed":false},{"id":1002,"name":"Malice","subscribed":false},{"id":1001,"name":"alice","subscribed":false}]}',
- '{"users":[{"id":1004,"name":"ALIBABA","subscribed":false},{"id":1002,"name":"Malice","subscribed":false}]}',
+['{"users":[{"id":1004,"name":"ALIBABA","subscribed":false},{"id":1001,"name":"alice","subscribed":false},{"id":1002,"name":"Malice","subscribed":false}]}',
+ '{"users":[{"id":1004,"name":"ALIBABA","subscribed":false},{"id":1001,"name":"alice","subscribed":false}]}',
+ '{"users":[{"id":1007,"name":"_under","subscribed":false}]}',
+ '{"users":[{"id":1008,"name":"%pct","subscribed":false}]}',
+ '{"users":[]}',
  '{"users":[{"id":1005,"name":"al_x","subscribed":false}]}',
  '{"users":[{"id":1006,"name":"al%y","subscribed":false}]}',
- '{"users":[]}']
+ '{"users":[{"id":1002,"name":"Malice","subscribed":false}]}',
+ '{"users":[{"id":1006,"name":"al%y","subscribed":false},{"id":1005,"name":"al_x","subscribed":false},{"id":1004,"name":"ALIBABA","subscribed":false},{"id":1001,"name":"alice","subscribed":false}]}']
 
 
 

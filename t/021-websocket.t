@@ -10,41 +10,14 @@ workers(2);
 master_on();
 no_shuffle();
 
-our $WS = "$ENV{TEST_NGINX_SERVROOT}/ws.out";
+# in logs/: the harness removes it with the server root (t/runner/README.md)
+our $WS = "$ENV{TEST_NGINX_SERVER_ROOT}/logs/ws.out";
 
-our $MAIN = <<'CONF';
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-load_module $TEST_NGINX_MODULE_DIR/ngx_http_presence_module.so;
+# the http{} part of the blocks without their own (nchan loaded too):
+# the one of "# pg api" and the publisher
+events_defaults($PresenceTest::PG_CONFIG . <<'CONF');
+# events publisher
 CONF
-
-our $HTTP = <<'CONF';
-presence_zone name=presence size=4m;
-presence_heartbeat_timeout 500ms;
-presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
-presence_postgres "$TEST_NGINX_PG_DSN" pool=2 timeout=3s;
-presence_publish unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock:/internal/publish;
-
-server {
-    listen unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock;
-
-    # nchan's authorize request reaches the check through a proxy
-    location = /internal/events-check {
-        presence_events_auth;
-    }
-
-    location ~ ^/internal/publish/(presence\.\d+)$ {
-        nchan_publisher http;
-        nchan_channel_id $1;
-        nchan_store_messages off;
-    }
-}
-CONF
-
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('main_config', $MAIN) if !defined $block->main_config;
-    $block->set_value('http_config', $HTTP) if !defined $block->http_config;
-});
 
 run_tests();
 
@@ -53,23 +26,11 @@ __DATA__
 === TEST 1: a follower's WebSocket gets the heartbeat start and the timeout
 --- config
     # pg api
-    location = /v1/events {
-        nchan_subscriber eventsource websocket;
-        nchan_channel_id $presence_channels;
-        nchan_channel_id_split_delimiter ",";
-        nchan_authorize_request /internal/events-auth;
-        nchan_subscriber_first_message newest;
-    }
-    location = /internal/events-auth {
-        internal;
-        proxy_pass http://unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock:/internal/events-check;
-        proxy_pass_request_body off;
-        proxy_set_header Content-Length "";
-    }
+    # events
 --- init
 pg_reset(users => [[1001, 'alice'], [1002, 'bob'], [1003, 'carol']],
          subs => [[1002, 1001]]);
-$main::ws = ws_start('/v1/events?ids=1001&token=' . token(1002), $main::WS);
+$main::ws = ws_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::WS);
 --- request eval
 ["POST /v1/heartbeat", "POST /v1/heartbeat", PresenceTest::pause(0.2),
  "POST /v1/heartbeat", PresenceTest::pause(1.5)]
@@ -102,12 +63,12 @@ Test::More::cmp_ok(($ev->[0]{t} // 1e15) - ($on // 0), '<', 1000, "online within
 Test::More::cmp_ok(($ev->[1]{t} // 1e15) - (($off // 0) + 500), '<', 1000,
                    "offline within 1 s");
 Test::More::cmp_ok($off // 0, '>', $on // 0, "last_seen of the last heartbeat");
-Test::More::like(ws_handshake('/v1/events?ids=1003&token=' . token(1002)),
+Test::More::like(ws_handshake('/v1/events?ids=1003&ticket=' . ticket(1002)),
     qr{^HTTP/1.1 403}, "a handshake for a user not subscribed to: 403");
-Test::More::like(ws_handshake('/v1/events?ids=1001,1003&token=' . token(1002)),
+Test::More::like(ws_handshake('/v1/events?ids=1001,1003&ticket=' . ticket(1002)),
     qr{^HTTP/1.1 403}, "one id not subscribed to among others: 403");
-Test::More::like(ws_handshake('/v1/events?ids=1001&token=x.y.z'),
-    qr{^HTTP/1.1 401}, "a bad token: 401");
+Test::More::like(ws_handshake('/v1/events?ids=1001&ticket=x.y.z'),
+    qr{^HTTP/1.1 401}, "a bad ticket: 401");
 --- request
 GET /metrics
 --- error_code: 200

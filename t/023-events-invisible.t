@@ -10,75 +10,22 @@ workers(2);
 master_on();
 no_shuffle();
 
-our $SSE = "$ENV{TEST_NGINX_SERVROOT}/sse.out";
-
-our $MAIN = <<'CONF';
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-load_module $TEST_NGINX_MODULE_DIR/ngx_http_presence_module.so;
-CONF
+# in logs/: the harness removes it with the server root (t/runner/README.md)
+our $SSE = "$ENV{TEST_NGINX_SERVER_ROOT}/logs/sse.out";
 
 # heartbeats time out after 500ms; a stream's lease is 2s
-our $HTTP = <<'CONF';
-presence_zone name=presence size=4m;
-presence_heartbeat_timeout 500ms;
-presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
-presence_postgres "$TEST_NGINX_PG_DSN" pool=2 timeout=3s;
-presence_publish unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock:/internal/publish;
-
-server {
-    listen unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock;
-
-    location = /internal/events-check { presence_events_auth; }
-
-    location = /internal/stream {
-        presence_heartbeat_timeout 2s;
-        presence_stream;
-    }
-
-    location ~ ^/internal/publish/(presence\.\d+)$ {
-        nchan_publisher http;
-        nchan_channel_id $1;
-        nchan_store_messages off;
-    }
-}
+# the http{} part of the blocks without their own (nchan loaded too):
+# the one of "# pg api" and the publisher
+events_defaults($PresenceTest::PG_CONFIG . <<'CONF');
+# events publisher stream=2s
 CONF
 
 our $CONFIG = <<'CONF';
     location = /v1/heartbeat { presence_heartbeat; }
     location /v1/status { presence_status; }
     location = /pause { return 204; }
-    location = /v1/events {
-        default_type application/json;
-        if ($presence_channels = "") {
-            return 400 '{"error":{"code":"bad_request","message":"too many ids for one stream, or not ids"}}';
-        }
-        nchan_subscriber eventsource websocket;
-        nchan_channel_id $presence_channels;
-        nchan_channel_id_split_delimiter ",";
-        nchan_subscriber_first_message newest;
-        nchan_authorize_request /internal/events-auth;
-        nchan_subscribe_request /internal/stream-hook;
-        nchan_unsubscribe_request /internal/stream-hook;
-    }
-    location = /internal/events-auth {
-        internal;
-        proxy_pass http://unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock:/internal/events-check;
-        proxy_pass_request_body off;
-        proxy_set_header Content-Length "";
-    }
-    location = /internal/stream-hook {
-        internal;
-        proxy_pass http://unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock:/internal/stream;
-        proxy_pass_request_body off;
-        proxy_set_header Content-Length "";
-    }
+    # events check hooks
 CONF
-
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('main_config', $MAIN) if !defined $block->main_config;
-    $block->set_value('http_config', $HTTP) if !defined $block->http_config;
-});
 
 run_tests();
 
@@ -89,7 +36,7 @@ __DATA__
 --- init
 pg_reset(users => [[1001, 'alice'], [1002, 'bob'], [1003, 'carol']],
          subs => [[1002, 1001], [1002, 1003]]);
-$main::sse = sse_start('/v1/events?ids=1001&token=' . token(1002), $main::SSE);
+$main::sse = sse_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::SSE);
 select undef, undef, undef, 0.3;
 --- request eval
 ["POST /v1/heartbeat", "POST /v1/heartbeat",
@@ -130,8 +77,8 @@ bearer(1002)
 
 === TEST 3: (same nginx) more ids than nchan's 1024-character channel id holds: 400, not a misleading 403
 --- request eval
-["GET /v1/events?ids=" . CORE::join(',', 1000001 .. 1000100) . "&token=" . token(1002)]
+["GET /v1/events?ids=" . CORE::join(',', 1000001 .. 1000100) . "&ticket=" . ticket(1002)]
 --- more_headers
 Accept: text/event-stream
 --- error_code: 400
---- response_body_like: "code":"bad_request","message":"too many ids for one stream
+--- response_body_like: "code":"bad_request","message":"ids must be user ids whose channels fit in 1024 characters"

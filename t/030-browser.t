@@ -23,41 +23,18 @@ master_on();
 no_shuffle();
 no_root_location();
 
-$ENV{TEST_NGINX_DEMO_HTML} = Cwd::abs_path('conf/html');
-
-our $MAIN = <<'CONF';
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-load_module $TEST_NGINX_MODULE_DIR/ngx_http_presence_module.so;
-CONF
+$ENV{TEST_NGINX_DEMO_HTML} ||= Cwd::abs_path('conf/html');
 
 # as conf/nginx.conf, with the test's secret and database
-our $HTTP = <<'CONF';
+# the http{} part of the blocks without their own (nchan loaded too)
+events_defaults(<<'CONF');
 presence_zone name=presence size=4m;
 presence_heartbeat_timeout 30s;
 presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
 presence_postgres "$TEST_NGINX_PG_DSN" pool=2 timeout=3s;
-presence_publish unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock:/internal/publish;
-
-server {
-    listen unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock;
-
-    location = /internal/events-check {
-        presence_events_auth;
-    }
-
-    location ~ ^/internal/publish/(presence\.\d+)$ {
-        nchan_publisher http;
-        nchan_channel_id $1;
-        nchan_store_messages off;
-    }
-}
+presence_ticket_ttl 1s;
+# events publisher
 CONF
-
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('main_config', $MAIN) if !defined $block->main_config;
-    $block->set_value('http_config', $HTTP) if !defined $block->http_config;
-});
 
 run_tests();
 
@@ -66,19 +43,9 @@ __DATA__
 === TEST 1: two users on the demo page see each other's dot change
 --- config
     # pg api
-    location = /v1/events {
-        nchan_subscriber eventsource websocket;
-        nchan_channel_id $presence_channels;
-        nchan_channel_id_split_delimiter ",";
-        nchan_authorize_request /internal/events-auth;
-        nchan_subscriber_first_message newest;
-    }
-    location = /internal/events-auth {
-        internal;
-        proxy_pass http://unix:$TEST_NGINX_SERVER_ROOT/logs/publish.sock:/internal/events-check;
-        proxy_pass_request_body off;
-        proxy_set_header Content-Length "";
-    }
+    location = /v1/events/ticket { presence_events_ticket; }
+    # streams end after 4 s: the page opens them again with new tickets
+    # events timeout=4s
     location / {
         root $TEST_NGINX_DEMO_HTML;
         default_type text/html;

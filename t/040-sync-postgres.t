@@ -102,6 +102,11 @@ GET /pause
     # pg api
 --- init
 pg_reset(users => [map { [$_, "user$_"] } @::USERS]);
+# known to the table first (their invisible flag told by PostgreSQL), so
+# that their changes are written, and fail, while it is down
+heartbeat($_) for 1 .. 6;
+wait_for(3, sub { !grep { (self_status($_) // [''])->[0] ne 'online' } 1 .. 6 })
+    or die "users 1..6 not online";
 pg_stop();
 my $r = api('GET', '/v1/status/2', 1);
 is($r->[0], 503, 'the status of another user needs the database: 503');
@@ -169,6 +174,39 @@ is(self_status(6)->[1], '', 'a user never seen is still never seen');
 # user 4 was online in PostgreSQL when nginx died: offline there now
 ok(wait_for(3, sub { pg_state(4) =~ /^offline,\d+$/ }), 'user 4 written offline after the warm start')
     or diag(pg_state(4));
+--- request
+GET /pause
+--- error_code: 204
+--- no_error_log
+[alert]
+[crit]
+[emerg]
+
+
+
+=== TEST 6: the warm start loads only the users seen within presence_retain
+--- http_config eval: $::HTTP_CONFIG . "    presence_retain 1h;\n"
+--- config
+    # pg api
+--- init
+pg_reset(users => [map { [$_, "user$_"] } @::USERS]);
+psql("UPDATE users SET last_seen = now() - interval '2 hours' WHERE user_id = 1;\n"
+     . "UPDATE users SET last_seen = now() - interval '10 minutes' WHERE user_id = 2;\n"
+     . "UPDATE users SET status = 'online', last_seen = now() - interval '3 hours' WHERE user_id = 3;\n");
+my $ls2 = pg_state(2);
+$ls2 =~ s/^offline,// or die "user 2: $ls2";
+nginx_kill9();
+nginx_start();
+ok(wait_for(3, sub { metric('presence_warm_done') }), 'warm start done');
+is(metric('presence_warm_users'), 2,
+   'two users loaded: the one seen within the retain window, and the one '
+   . 'PostgreSQL still had online');
+ok(wait_for(3, sub { pg_state(3) =~ /^offline,/ }),
+   'the user PostgreSQL had online, seen long ago, is written offline')
+    or diag(pg_state(3));
+
+is_deeply(self_status(2), ['offline', $ls2, 0],
+          "user 2 (seen 10 min ago): offline, last seen $ls2");
 --- request
 GET /pause
 --- error_code: 204

@@ -42,6 +42,9 @@ redis_cli('DEL', map { "presence:$_" } 1 .. 30);
 my @u = (1 .. 20);
 heartbeat($_) == 204 or die for @u;
 my $t0 = now();
+# new to the table: online once PostgreSQL told their invisible flag
+wait_for(1, sub { !grep { self_status($_)->[0] ne 'online' } @u })
+    or die 'the users did not come online';
 my %st = map { ($_ => self_status($_)) } @u;
 # PostgreSQL and Redis read back; Kafka: the broker acknowledged (the
 # metric), then read back with kcat
@@ -78,6 +81,29 @@ is(metric('presence_sync_written_total{sink="kafka"}'), 40, '40 messages');
 is(metric('presence_sync_errors_total{sink="postgres"}')
    + metric('presence_sync_errors_total{sink="redis"}')
    + metric('presence_sync_errors_total{sink="kafka"}'), 0, 'no errors');
+--- request
+GET /pause
+--- error_code: 204
+
+
+
+=== TEST 2: (same nginx) going invisible while offline: PostgreSQL and Redis get the flag, Kafka (the visible status) no message
+--- init
+my $r = api('PUT', '/v1/status', 21, '{"status":"offline"}');
+is($r->[0], 200, 'user 21 goes invisible while offline');
+ok(wait_for(3, sub { pg_value('SELECT invisible FROM users WHERE user_id = 21') eq 't' }),
+   'invisible in PostgreSQL');
+ok(wait_for(3, sub { redis_cli('HGET', 'presence:21', 'invisible') =~ /1/ }),
+   'invisible in Redis');
+heartbeat(22) == 204 or die 'heartbeat';
+ok(wait_for(3, sub { metric('presence_sync_written_total{sink="kafka"}') == 41 }),
+   "user 22's online message acknowledged")
+    or diag(metric('presence_sync_written_total{sink="kafka"}'));
+my %n;
+$n{$_->[0]}++ for kafka_messages($ENV{TEST_NGINX_KAFKA_TOPIC});
+is($n{21} || 0, 0, 'no message about user 21');
+is($n{22} || 0, 1, 'one about user 22');
+is(metric('presence_sync_queue{sink="kafka"}'), 0, 'kafka queue empty');
 --- request
 GET /pause
 --- error_code: 204

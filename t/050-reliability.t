@@ -121,12 +121,14 @@ is(sum('ok', @ra), sum('answered', @ra), 'reload: every answer 2xx');
 # requests on a keep-alive connection the old worker closes as idle, the
 # moment the request arrives, are lost with it unread (HTTP keep-alive;
 # clients resend); nothing else may fail.  A connection per request loses
-# nothing.
+# nothing.  A connection can be closed twice in one reload: reopened at
+# once, it may land on the other old worker, not yet closed to new
+# connections (seen on a loaded machine: 24 read errors in 5 reloads of 4).
 my ($ka, $cl) = @ra;
 is($cl->{lost} + $cl->{errors}, 0,
    'reload: no failed request on connections of their own');
 ok($ka->{lost} <= $ka->{read} && $ka->{connect} + $ka->{write}
-       + $ka->{timeout} == 0 && $ka->{read} <= 5 * $CONNS,
+       + $ka->{timeout} == 0 && $ka->{read} <= 2 * 5 * $CONNS,
    'reload: keep-alive: failures only from idle connections closed')
     or diag "lost $ka->{lost}, read errors $ka->{read}";
 is($m1->{presence_heartbeats_total} - $m0->{presence_heartbeats_total},

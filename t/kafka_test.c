@@ -22,21 +22,17 @@
 #include "../src/ngx_http_presence_kafka.h"
 
 
-volatile ngx_msec_t     ngx_current_msec;
-volatile ngx_cycle_t   *ngx_cycle;
-ngx_pid_t               ngx_pid;
-ngx_rbtree_t            ngx_event_timer_rbtree;
+/* pools, strings and timers stubbed; the loop of run() plays the timers */
+#define NGX_STUBS_CONF  1
+#include "stubs.h"
+
 
 static ngx_cycle_t      test_cycle;
 static ngx_log_t        test_log;
 static pthread_t        main_thread;
-static int              tests, failed;
 
 static int              off_thread;      /* logs from another thread */
 static int              kafka_logs;      /* librdkafka's, through poll */
-
-#define TIMERS  16
-static ngx_rbtree_node_t  *timers[TIMERS];
 
 /* what the delivery reports said, by opaque */
 #define MSGS  2048
@@ -44,132 +40,23 @@ static int              reports[MSGS], reports_ok, reports_err;
 static int              in_handler;
 
 
-/* nginx, stubbed */
+/* the log: nginx's formats are not printf's, the strings of the common
+   ones are printed */
 
-void *
-ngx_palloc(ngx_pool_t *pool, size_t size)
+static void
+print_log(ngx_uint_t level, const char *fmt, va_list args)
 {
-    return calloc(1, size);
-}
-
-
-void *
-ngx_pnalloc(ngx_pool_t *pool, size_t size)
-{
-    return calloc(1, size);
-}
-
-
-void *
-ngx_pcalloc(ngx_pool_t *pool, size_t size)
-{
-    return calloc(1, size);
-}
-
-
-void *
-ngx_array_push(ngx_array_t *a)
-{
-    void  *elts;
-
-    if (a->nelts == a->nalloc) {
-        elts = calloc(2 * a->nalloc, a->size);
-        if (elts == NULL) {
-            return NULL;
-        }
-
-        ngx_memcpy(elts, a->elts, a->nelts * a->size);
-        a->elts = elts;
-        a->nalloc *= 2;
-    }
-
-    return (u_char *) a->elts + a->size * a->nelts++;
-}
-
-
-ngx_int_t
-ngx_atoi(u_char *line, size_t n)
-{
-    ngx_int_t  value;
-
-    if (n == 0 || n > 18) {
-        return NGX_ERROR;
-    }
-
-    for (value = 0; n--; line++) {
-        if (*line < '0' || *line > '9') {
-            return NGX_ERROR;
-        }
-
-        value = value * 10 + (*line - '0');
-    }
-
-    return value;
-}
-
-
-u_char *
-ngx_cpystrn(u_char *dst, u_char *src, size_t n)
-{
-    if (n == 0) {
-        return dst;
-    }
-
-    while (--n) {
-        *dst = *src;
-
-        if (*dst == '\0') {
-            return dst;
-        }
-
-        dst++;
-        src++;
-    }
-
-    *dst = '\0';
-
-    return dst;
-}
-
-
-/* only "%ui", the one format the producer prints with */
-u_char *
-ngx_sprintf(u_char *buf, const char *fmt, ...)
-{
-    va_list  args;
-
-    if (strcmp(fmt, "%ui") != 0) {
-        abort();
-    }
-
-    va_start(args, fmt);
-    buf += sprintf((char *) buf, "%lu", (unsigned long) va_arg(args,
-                                                               ngx_uint_t));
-    va_end(args);
-
-    return buf;
-}
-
-
-void
-ngx_log_error_core(ngx_uint_t level, ngx_log_t *log, ngx_err_t err,
-    const char *fmt, ...)
-{
-    char     *a, *b;
-    va_list   args;
+    char  *a, *b;
 
     if (!pthread_equal(pthread_self(), main_thread)) {
         off_thread++;
     }
 
-    /* nginx's formats are not printf's: the strings of the common ones */
     if (strcmp(fmt, "kafka: %s: %s") == 0
         || strcmp(fmt, "kafka: error %s: %s") == 0)
     {
-        va_start(args, fmt);
         a = va_arg(args, char *);
         b = va_arg(args, char *);
-        va_end(args);
 
         kafka_logs += (fmt[7] == '%');
         printf("# log %lu: kafka: %s: %s\n", (unsigned long) level, a, b);
@@ -180,61 +67,7 @@ ngx_log_error_core(ngx_uint_t level, ngx_log_t *log, ngx_err_t err,
 }
 
 
-void
-ngx_conf_log_error(ngx_uint_t level, ngx_conf_t *cf, ngx_err_t err,
-    const char *fmt, ...)
-{
-    printf("# conf: %s\n", fmt);
-}
-
-
-void
-ngx_rbtree_insert(ngx_rbtree_t *tree, ngx_rbtree_node_t *node)
-{
-    int  i;
-
-    for (i = 0; i < TIMERS; i++) {
-        if (timers[i] == NULL) {
-            timers[i] = node;
-            return;
-        }
-    }
-
-    abort();
-}
-
-
-void
-ngx_rbtree_delete(ngx_rbtree_t *tree, ngx_rbtree_node_t *node)
-{
-    int  i;
-
-    for (i = 0; i < TIMERS; i++) {
-        if (timers[i] == node) {
-            timers[i] = NULL;
-            return;
-        }
-    }
-
-    abort();
-}
-
-
 /* the test */
-
-static void
-ok(int cond, const char *name)
-{
-    tests++;
-
-    if (!cond) {
-        failed++;
-    }
-
-    printf("%sok %d - %s\n", cond ? "" : "not ", tests, name);
-    fflush(stdout);
-}
-
 
 static ngx_msec_t
 now(void)
@@ -267,9 +100,11 @@ run(ngx_msec_t ms, int (*done)(void))
 
         min = NULL;
 
-        for (i = 0; i < TIMERS; i++) {
-            if (timers[i] && (min == NULL || timers[i]->key < min->key)) {
-                min = timers[i];
+        for (i = 0; i < STUB_TIMERS; i++) {
+            if (stub_timers[i]
+                && (min == NULL || stub_timers[i]->key < min->key))
+            {
+                min = stub_timers[i];
             }
         }
 
@@ -377,6 +212,7 @@ main(int argc, char **argv)
     snprintf(topic2, sizeof(topic2), "topic=%s", argv[4]);
 
     main_thread = pthread_self();
+    stub_log = print_log;
     ngx_pid = getpid();
     test_log.log_level = NGX_LOG_INFO;
     test_cycle.log = &test_log;
@@ -394,8 +230,7 @@ main(int argc, char **argv)
     ok(kf != NULL, "created");
 
     if (kf == NULL) {
-        printf("1..%d\n", tests);
-        return 1;
+        return done_testing();
     }
 
     ok(ngx_presence_kafka_produce(kf, (u_char *) "k", 1, (u_char *) "v", 1,
@@ -524,7 +359,5 @@ main(int argc, char **argv)
 
     ok(off_thread == 0, "nothing logged from librdkafka's threads");
 
-    printf("1..%d\n", tests);
-
-    return failed ? 1 : 0;
+    return done_testing();
 }

@@ -13,12 +13,24 @@ pkgs=(
     wrk curl openssl procps time bc
     libtest-base-perl libtext-diff-perl liblist-moreutils-perl
     libwww-perl libipc-run-perl
+    # the real Test::Nginx (.ci/run's sanitizer pass) needs this one too
+    libtest-longstring-perl
     docker-compose libyaml-libyaml-perl
     chromium
 )
 
 # more for one command: util/fuzz.sh asks for clang and its runtimes
 pkgs+=("$@")
+
+# The user nginx's workers run as when make run / make test run as root
+# (never root; util/services.sh gives it the runtime folder): a system
+# user of its own, no home, no shell, no password.
+worker_user=${PRESENCE_WORKER_USER:-presence}
+if [ "$(id -u)" -eq 0 ] && ! id -u "$worker_user" >/dev/null 2>&1; then
+    echo "deps: creating the system user $worker_user (nginx's workers)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin "$worker_user"
+fi
 
 installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # make stop: stops what make run started, by its pid file and data dirs:
-# the nginx of .run/ and the project-local PostgreSQL and Redis.
+# the nginx of the runtime folder (util/services.sh: PRESENCE_RUN_DIR) and
+# the project-local PostgreSQL, Redis and Kafka broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-run=$PWD/.run
+eval "$(util/services.sh env)"
+run=$PRESENCE_RUN_DIR
 
 pid=$(cat "$run/logs/nginx.pid" 2>/dev/null || true)
 # only our master: a stale pid file may name a recycled pid
@@ -24,4 +26,4 @@ if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null \
 fi
 
 util/services.sh stop
-echo "stop: PostgreSQL and Redis of .run stopped"
+echo "stop: PostgreSQL, Redis and the Kafka broker of $(dirname "$run") stopped"

@@ -1,14 +1,51 @@
 // The presence demo: sign up, find people, subscribe, and watch their dots
-// turn green or grey live (EventSource on /v1/events).  No build step.
+// turn green, hollow (idle) or grey live (EventSource on /v1/events), with
+// the devices each contact is on.  Each tab is a device of its user: it
+// heartbeats with ?device=, idle=1 while the page is hidden, and says
+// /v1/leave with navigator.sendBeacon when the page goes away.  No build step.
 'use strict';
 
 const HEARTBEAT_MS = 10000;   // well under presence_heartbeat_timeout (30 s)
 const RENDER_MS = 5000;       // "last seen N minutes ago" refresh
+const REOPEN_MS = 2000;       // a stream that ended opens again this much later
+                              // (under presence_offline_grace, 5 s: the
+                              // stream's close is this device leaving)
+
+// this tab's device name (1..16 of a-z 0-9 _ -): kept across reloads of the
+// tab (sessionStorage), so a reload is a leave and a heartbeat within the
+// grace, which nobody sees; a duplicated tab, which copies sessionStorage,
+// hears the other tab answer for the name and picks a new one
+function newDevice() {
+  return 'web-' + Math.random().toString(36).slice(2, 8).padEnd(6, '0');
+}
+let device = sessionStorage.getItem('presence.device') || newDevice();
+sessionStorage.setItem('presence.device', device);
+let deviceChecked = false;
+const tabs = typeof BroadcastChannel === 'function'
+             ? new BroadcastChannel('presence.devices') : null;
+if (tabs) {
+  tabs.onmessage = (ev) => {
+    const m = ev.data || {};
+    if (m.ask === device) tabs.postMessage({ taken: device });
+    else if (m.taken === device && !deviceChecked) {
+      device = newDevice();
+      sessionStorage.setItem('presence.device', device);
+    }
+  };
+  tabs.postMessage({ ask: device });
+}
+const deviceReady = new Promise((resolve) => setTimeout(() => {
+  deviceChecked = true;
+  resolve();
+}, tabs ? 150 : 0));
 
 const $ = (id) => document.getElementById(id);
 let me = JSON.parse(localStorage.getItem('presence.me') || 'null');
-let contacts = new Map();     // id -> {id, name, status, last_seen, seq}
-let stream = null, streamIds = '';
+let contacts = new Map();     // id -> {id, name, status, last_seen, seq,
+                              //        activity, devices}
+let stream = null, streamIds = '', streamOn = false;
+let streamGen = 0, reopenTimer = null;  // gen: the stream now wanted
+let lastEventId = '';         // the id of the last message of streamIds
 let timers = [];
 
 function showError(msg) {
@@ -53,6 +90,16 @@ function ago(ms) {
   return 'last seen ' + new Date(ms).toLocaleDateString();
 }
 
+function hidden() {
+  return document.visibilityState === 'hidden';
+}
+
+function statusText(c) {
+  if (c.status !== 'online') return ago(c.last_seen);
+  const on = (c.devices || []).join(', ');
+  return (c.activity === 'idle' ? 'idle' : 'online') + (on ? ' on ' + on : '');
+}
+
 function renderBuddies() {
   const ul = $('buddies');
   ul.replaceChildren();
@@ -61,17 +108,19 @@ function renderBuddies() {
     const li = document.createElement('li');
     li.dataset.testid = 'buddy-' + c.id;
     li.dataset.status = c.status;
+    li.dataset.activity = c.status === 'online' ? c.activity || 'active' : '';
+    li.dataset.devices = c.status === 'online' ? (c.devices || []).join(',') : '';
     const dot = document.createElement('span');
-    dot.className = 'dot ' + c.status;
+    dot.className = 'dot ' + c.status + (li.dataset.activity === 'idle' ? ' idle' : '');
     dot.dataset.testid = 'dot-' + c.id;
-    dot.title = c.status;
+    dot.title = c.status === 'online' ? li.dataset.activity : c.status;
     const name = document.createElement('span');
     name.className = 'name';
     name.textContent = c.name;
     const seen = document.createElement('span');
     seen.className = 'seen';
     seen.dataset.testid = 'seen-' + c.id;
-    seen.textContent = c.status === 'online' ? 'online' : ago(c.last_seen);
+    seen.textContent = statusText(c);
     const rm = document.createElement('button');
     rm.className = 'link';
     rm.textContent = 'remove';
@@ -88,8 +137,17 @@ function apply(s) {
   const c = contacts.get(s.id);
   if (!c || s.error) return;
   if (c.seq != null && s.seq != null && s.seq <= c.seq) return;
-  Object.assign(c, { status: s.status, last_seen: s.last_seen, seq: s.seq });
+  Object.assign(c, { status: s.status, last_seen: s.last_seen, seq: s.seq,
+                     activity: s.activity, devices: s.devices });
   renderBuddies();
+}
+
+// the snapshot of the stream's users: events above its seq win
+async function snapshot(es, ids) {
+  try {
+    const snap = await api('GET', '/v1/status?ids=' + ids);
+    if (stream === es) snap.statuses.forEach(apply);
+  } catch (e) { showError('status: ' + e.message); }
 }
 
 async function loadBuddies() {
@@ -111,43 +169,105 @@ function setStreamState(text, live) {
 }
 
 // one EventSource for all contacts (at most 255 ids per stream; a demo
-// stays far below), reopened only when the list of ids changes
-function openStream() {
+// stays far below), reopened only when the list of ids changes or the
+// stream ends.  It opens with a stream ticket (POST /v1/events/ticket),
+// never with the token: a URL ends up in logs.  A ticket opens one stream
+// within a minute, so EventSource's own reconnect (same URL, old ticket)
+// is not used: a stream that fails is closed and opened with a new one,
+// which resumes after the last message seen (?last_event_id=: a new
+// EventSource cannot send Last-Event-ID), so no change is lost between
+// the two; the server says {"resync": true} when it cannot, and the page
+// takes a new snapshot.  The stream names this tab's device: its close is
+// the device leaving, its opening the device being there.
+function openStream(force) {
   const ids = [...contacts.keys()].sort((a, b) => a - b).slice(0, 255).join(',');
-  if (ids === streamIds && stream) return;
-  if (stream) stream.close();
-  stream = null;
+  if (!force && ids === streamIds && streamOn) return;
+  closeStream();
+  if (ids !== streamIds) lastEventId = '';
   streamIds = ids;
   if (!ids) { setStreamState('no stream'); return; }
-
-  const es = new EventSource(`/v1/events?ids=${ids}&token=${encodeURIComponent(me.token)}`);
-  stream = es;
+  streamOn = true;
+  const gen = ++streamGen;
   setStreamState('connecting…');
-  es.onopen = async () => {
+  api('POST', '/v1/events/ticket').then((t) => {
+    if (gen !== streamGen) return;
+    listen(ids, gen, t.ticket);
+  }, (e) => {
+    if (gen !== streamGen || !me) return;
+    setStreamState('reconnecting…');
+    reopenLater(gen);
+  });
+}
+
+function closeStream() {
+  streamGen++;
+  streamOn = false;
+  if (reopenTimer) clearTimeout(reopenTimer);
+  reopenTimer = null;
+  if (stream) stream.close();
+  stream = null;
+}
+
+function reopenLater(gen) {
+  if (reopenTimer) clearTimeout(reopenTimer);
+  reopenTimer = setTimeout(() => {
+    reopenTimer = null;
+    if (gen === streamGen && me) openStream(true);
+  }, REOPEN_MS);
+}
+
+function listen(ids, gen, ticket) {
+  const resume = lastEventId;
+  let url = `/v1/events?ids=${ids}&device=${device}&ticket=${encodeURIComponent(ticket)}`;
+  if (resume) url += '&last_event_id=' + encodeURIComponent(resume);
+  const es = new EventSource(url);
+  stream = es;
+  es.onopen = () => {
     if (stream !== es) return;
-    setStreamState('live', true);
-    // the snapshot after the stream is open: events above its seq win
-    try {
-      const snap = await api('GET', '/v1/status?ids=' + ids);
-      if (stream === es) snap.statuses.forEach(apply);
-    } catch (e) { showError('status: ' + e.message); }
+    setStreamState(resume ? 'live (resumed)' : 'live', true);
+    // a new stream: the snapshot after it is open; a resumed one gets what
+    // it missed from the server
+    if (!resume) snapshot(es, ids);
   };
   es.onmessage = (ev) => {
     if (stream !== es) return;
-    try { apply(JSON.parse(ev.data)); } catch (e) { /* not ours */ }
+    if (ev.lastEventId) lastEventId = ev.lastEventId;
+    let m;
+    try { m = JSON.parse(ev.data); } catch (e) { return; /* not ours */ }
+    if (m && m.resync) snapshot(es, ids); else apply(m);
   };
   es.onerror = () => {
     if (stream !== es) return;
-    // EventSource reconnects by itself while it says CONNECTING
-    setStreamState(es.readyState === EventSource.CLOSED ? 'stream closed' : 'reconnecting…');
+    // not EventSource's reconnect: it would send the old ticket again
+    es.close();
+    stream = null;
+    setStreamState('reconnecting…');
+    reopenLater(gen);
   };
 }
 
+// a heartbeat of this tab's device: idle while the page is hidden
 async function heartbeat() {
   try {
-    await api('POST', '/v1/heartbeat');
+    await api('POST', `/v1/heartbeat?device=${device}` + (hidden() ? '&idle=1' : ''));
   } catch (e) { showError('heartbeat: ' + e.message); }
 }
+
+// hidden: idle at once; shown again: active at once (the server makes the
+// user active on any device's active heartbeat)
+document.addEventListener('visibilitychange', () => {
+  if (me && !localStorage.getItem('presence.invisible')) heartbeat();
+});
+
+// the page goes away (tab closed, navigation, reload): this device leaves
+// now rather than at its stream's lease; a beacon cannot set headers, so
+// the token goes in its form body, never in the URL
+window.addEventListener('pagehide', () => {
+  if (!me) return;
+  navigator.sendBeacon(`/v1/leave?device=${device}`,
+                       new URLSearchParams({ token: me.token }));
+  closeStream();
+});
 
 async function setInvisible(invisible) {
   try {
@@ -215,8 +335,8 @@ function signOut(msg) {
   localStorage.removeItem('presence.me');
   localStorage.removeItem('presence.invisible');
   me = null;
-  if (stream) stream.close();
-  stream = null; streamIds = '';
+  closeStream();
+  streamIds = '';
   contacts = new Map();
   timers.forEach(clearInterval);
   timers = [];
@@ -227,11 +347,13 @@ function signOut(msg) {
 async function start() {
   $('me-name').textContent = me.name;
   $('me-id').textContent = '#' + me.id;
+  await deviceReady;
   const invisible = !!localStorage.getItem('presence.invisible');
   $('invisible').checked = invisible;
   // an invisible user stays invisible across reloads; otherwise the
   // first heartbeat makes us online at once
   if (invisible) await setInvisible(true); else await heartbeat();
+  $('me-device').textContent = device;
   timers.push(setInterval(heartbeat, HEARTBEAT_MS));
   timers.push(setInterval(renderBuddies, RENDER_MS));
   try { await loadBuddies(); } catch (e) { showError('contacts: ' + e.message); }

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/../.."
 {
     cat <<'HEAD'
 # The node's nginx.conf: docker/nginx-node.conf, as is (t/060-deploy.t
-# checks).  Made by docker/k8s/configmap.sh, the same as
+# checks); the nchan wiring it includes (conf/presence-publisher.conf,
+# conf/presence-events.conf) is the image's, in /etc/presence.  Made by
+# docker/k8s/configmap.sh, the same as
 #   kubectl create configmap presence-nginx \
 #       --from-file=nginx-node.conf=docker/nginx-node.conf \
 #       --dry-run=client -o yaml

@@ -7,7 +7,9 @@
 // again on the page shows "taken".  A finds B and subscribes: B's dot is
 // grey, "never seen".  B opens the page with its session: its heartbeat
 // makes it online and A's dot for B turns green.  B ticks "appear offline":
-// A's dot turns grey, "last seen just now".  Saves a screenshot in t/browser/out/demo.png.
+// A's dot turns grey, "last seen just now".  A's stream opens with a
+// stream ticket, never a token in its URL; when the server ends it (after
+// 4 s in the test), it opens again with a new ticket.  Saves a screenshot in t/browser/out/demo.png.
 // Exits 0 when all is well, 1 with a message otherwise.
 'use strict';
 
@@ -39,6 +41,8 @@ async function main() {
     const ctxB = await browser.newContext();
     const a = await ctxA.newPage();
     a.on('pageerror', (e) => errors.push(`A: ${e.message}`));
+    const streams = [];   // the URLs of A's event streams
+    a.on('request', (r) => { if (r.url().includes('/v1/events?')) streams.push(r.url()); });
     const tid = (p, id) => p.locator(`[data-testid="${id}"]`);
 
     step(`A signs up as ${nameA}`);
@@ -100,6 +104,14 @@ async function main() {
     if (grey !== 'rgb(170, 170, 170)') throw new Error(`the offline dot is ${grey}`);
     const seen = await tid(a, `seen-${idB}`).textContent();
     if (!/last seen just now/.test(seen)) throw new Error(`B's last seen reads "${seen}"`);
+
+    step("A's stream opened with a ticket; ended by the server, it opens with a new one");
+    for (let i = 0; i < 100 && new Set(streams).size < 2; i++) await a.waitForTimeout(100);
+    if (streams.some((u) => /[?&]token=/.test(u))) throw new Error(`a token in a URL: ${streams}`);
+    if (!streams.every((u) => /[?&]ticket=[A-Za-z0-9_-]+/.test(u))) throw new Error(`no ticket: ${streams}`);
+    if (new Set(streams).size < 2) throw new Error(`the stream did not open again: ${streams}`);
+    await tid(a, 'stream-state').filter({ hasText: 'live' }).waitFor({ timeout: 5000 });
+    step(`${streams.length} streams, each with its own ticket`);
 
     step('B comes back: green again, for the screenshot');
     await tid(b, 'invisible-toggle').uncheck();

@@ -2,10 +2,12 @@ package PresenceLoad;
 
 # Helpers of the tests that put nginx under load (t/050-reliability.t,
 # t/051-soak.t): an nginx with a master and 2 workers of its own (in
-# $TEST_NGINX_SERVROOT, on $TEST_NGINX_SERVER_PORT, $TEST_NGINX_BINARY),
+# $TEST_NGINX_SERVROOT-<name of the file>, e.g. servroot-soak, on
+# $TEST_NGINX_SERVER_PORT, $TEST_NGINX_BINARY),
 # wrk driven by t/lib/load.lua, a pipelined status reader, and what /proc
 # says about the workers.  These scenarios are not request/answer pairs,
-# so they are plain Test::More files; they need no Test::Nginx.
+# so they are plain Test::More files; they need no Test::Nginx.  nginx is
+# started, stopped and read (/metrics) by PresenceNginx.
 
 use strict;
 use warnings;
@@ -17,6 +19,7 @@ use IO::Socket::INET;
 use MIME::Base64 qw(encode_base64url);
 use POSIX ();
 use Time::HiRes qw(sleep time);
+use PresenceNginx qw(wait_for metrics children);
 
 our @EXPORT = qw(start_nginx stop_nginx reload workers master nginx_log
                  http metrics statuses write_tokens wrk_start wrk_wait
@@ -25,8 +28,12 @@ use Exporter 'import';
 
 our $SECRET = 'presence-test-secret-0123456789';
 our $PORT = $ENV{TEST_NGINX_SERVER_PORT} || $ENV{TEST_NGINX_PORT} || 1984;
-our $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || Cwd::abs_path('.') . '/t/servroot';
-our $BINARY = $ENV{TEST_NGINX_BINARY} || 'nginx';
+# a server root of its own beside Test::Nginx's: this nginx's files and
+# the tests' output (tokens, wrk's) would make the next Test::Nginx file
+# bail out ("Can't remove t/servroot (not empty?)")
+our $SERVROOT = ($ENV{TEST_NGINX_SERVROOT} || Cwd::abs_path('.') . '/t/servroot')
+                . '-' . ($0 =~ m{(?:^|/)\d+-([\w-]+)\.t$} ? $1 : 'load');
+our $BINARY = $PresenceNginx::NGINX;
 our $MODULES = Cwd::abs_path($ENV{TEST_NGINX_MODULE_DIR} || 'build/modules');
 our $LUA = Cwd::abs_path('t/lib/load.lua');
 
@@ -34,28 +41,13 @@ my $master;
 
 sub master { return $master }
 
-# Polls $cond every 50 ms for up to $secs; returns its last value.
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $end = time + $secs;
-    my $v;
-    until (($v = $cond->()) || time > $end) {
-        sleep 0.05;
-    }
-    return $v;
-}
-
 sub pid_alive {
     my ($pid) = @_;
     return $pid && kill 0, $pid;
 }
 
-sub read_file {
-    my ($path) = @_;
-    open my $fh, '<', $path or return undef;
-    local $/;
-    return scalar <$fh>;
-}
+# a file's content, undef when it cannot be read
+sub read_file { PresenceNginx::slurp(@_) }
 
 # Starts nginx with this http{} content (the listen port is $PORT); dies
 # when it does not answer within 10 s.  A leftover nginx of the servroot
@@ -75,7 +67,11 @@ sub start_nginx {
 
     my $workers = $o{workers} || 2;
     open my $fh, '>', "$SERVROOT/conf/nginx.conf" or die "conf: $!";
+    # as root, the workers run as util/services.sh's unprivileged user
+    my $user = $> == 0 ? 'user ' . ($ENV{TEST_NGINX_WORKER_USER} || 'presence')
+                         . ';' : '';
     print $fh <<CONF;
+$user
 load_module $MODULES/ngx_http_presence_module.so;
 worker_processes $workers;
 master_process on;
@@ -91,27 +87,15 @@ $http
 CONF
     close $fh;
 
-    system($BINARY, '-p', "$SERVROOT/", '-c', 'conf/nginx.conf') == 0
-        or die "nginx did not start: $?";
-
-    $master = wait_for(5, sub {
-        my $p = read_file("$SERVROOT/logs/nginx.pid");
-        return $p && $p =~ /^(\d+)/ ? $1 : undef;
-    }) or die "nginx wrote no pid file";
-
-    wait_for(10, sub { (http('GET', '/metrics'))[0] == 200
-                       && workers() == $workers })
-        or die "nginx does not answer on $PORT";
+    $master = PresenceNginx::nginx_start(
+        prefix => $SERVROOT, conf => 'conf/nginx.conf', port => $PORT,
+        ready => sub { metrics($PORT) && children($_[0]) == $workers });
 
     return $master;
 }
 
 sub stop_nginx {
-    return unless pid_alive($master);
-    kill 'QUIT', $master;
-    my @w = workers();
-    return if wait_for(15, sub { !pid_alive($master) });
-    kill 'KILL', $master, @w;
+    PresenceNginx::nginx_stop($master);
 }
 
 # wrk clients still running when a test dies would load the next test
@@ -125,14 +109,7 @@ END {
 # The master's children, sorted.
 sub workers {
     return () unless $master;
-    my @pids;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        my $s = read_file($stat) or next;
-        # pid (comm) state ppid
-        my ($pid, $ppid) = $s =~ /^(\d+) \(.*\) \S+ (\d+)/s or next;
-        push @pids, $pid if $ppid == $master;
-    }
-    @pids = sort { $a <=> $b } @pids;
+    my @pids = children($master);
     return @pids;             # a count in scalar context
 }
 
@@ -176,17 +153,6 @@ sub http {
     my ($code) = $resp =~ m{^HTTP/1\.\d (\d{3})};
     my ($b) = $resp =~ /\r\n\r\n(.*)\z/s;
     return ($code // 0, $b // '');
-}
-
-sub metrics {
-    my ($code, $body) = http('GET', '/metrics');
-    die "GET /metrics: $code" unless $code == 200;
-    my %m;
-    for (split /\n/, $body) {
-        next if /^#/;
-        $m{$1} = $2 if /^(\S+) (\S+)$/;
-    }
-    return \%m;
 }
 
 # The status of each id, as the user itself sees it, through a location

@@ -4,6 +4,7 @@ package PresenceStores;
 # PostgreSQL and Redis hold, and polling with a deadline.  Used from
 # "--- init" sections, which run after nginx started and before the
 # block's requests, so a block checks what the blocks before it did.
+# wait_for, metric and the nginx starter are PresenceNginx's.
 
 use strict;
 use warnings;
@@ -11,10 +12,12 @@ use warnings;
 use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use PresenceTest qw(bearer token);
+use PresenceNginx qw(wait_for metric children);
 
 our @EXPORT = qw(api heartbeat self_status wait_for pg_value pg_state
                  redis_cli redis_state metric nginx_kill9 nginx_start now
-                 nap redis_stop redis_start pg_states redis_states);
+                 nap redis_stop redis_start pg_states redis_states
+                 stream_query);
 use Exporter 'import';
 
 my $http = HTTP::Tiny->new(timeout => 5, keep_alive => 0);
@@ -39,23 +42,6 @@ sub self_status {
     $r->[1] =~ /"status":"(\w+)","last_seen":(\d+|null),"seq":(\d+)/
         or return undef;
     return [$1, $2 eq 'null' ? '' : $2, $3];
-}
-
-sub metric {
-    my ($name) = @_;
-    my $r = $http->get('http://127.0.0.1:' . port() . '/metrics');
-    return $r->{content} =~ /^\Q$name\E (\d+)$/m ? $1 : undef;
-}
-
-# true once cond() is, within secs
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $end = time + $secs;
-    while (1) {
-        return 1 if $cond->();
-        return 0 if time > $end;
-        sleep 0.05;
-    }
 }
 
 sub pg_value {
@@ -129,8 +115,7 @@ sub pids {
     open my $in, '<', $pidfile or return;
     my $master = <$in>;
     chomp $master;
-    my @kids = split ' ', `pgrep -P $master`;
-    return ($master, @kids);
+    return ($master, children($master));
 }
 
 # the whole nginx, master and workers, killed at once: no exit handler runs
@@ -143,13 +128,23 @@ sub nginx_kill9 {
 
 # the same nginx.conf again, as the test harness had started it
 sub nginx_start {
-    my $root = $ENV{TEST_NGINX_SERVER_ROOT};
-    my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
-    system($bin, '-p', "$root/", '-c', "$root/conf/nginx.conf") == 0
-        or die "nginx did not start again";
-    wait_for(5, sub { -s "$root/logs/nginx.pid" }) or die "no pid file";
-    wait_for(5, sub { defined metric('presence_tracked_users') })
-        or die "nginx does not answer";
+    PresenceNginx::nginx_start(
+        prefix => $ENV{TEST_NGINX_SERVER_ROOT}, secs => 5,
+        ready => sub { defined metric('presence_tracked_users') });
+}
+
+# The query-string credential of an event stream of the token's owner, as
+# API.md has it: a stream ticket from POST /v1/events/ticket ("ticket=...").
+# PRESENCE_STREAM_TOKEN=1 uses "token=" instead (a tree without tickets).
+sub stream_query {
+    my ($url, $token) = @_;
+    return "token=$token" if $ENV{PRESENCE_STREAM_TOKEN};
+    my $r = $http->post("$url/v1/events/ticket",
+                        { headers => { Authorization => "Bearer $token" } });
+    my ($t) = ($r->{content} // '') =~ /"ticket":"([^"]+)"/;
+    $t //= 'none';
+    $t =~ s/([^A-Za-z0-9._~-])/sprintf('%%%02X', ord $1)/ge;
+    return "ticket=$t";
 }
 
 sub now { time }

@@ -15,28 +15,10 @@
 #include <time.h>
 #include "../../src/ngx_http_presence_table.h"
 
-
-volatile ngx_msec_t     ngx_current_msec;
-volatile ngx_time_t    *ngx_cached_time;
-ngx_int_t               ngx_process_slot;
-ngx_pid_t               ngx_pid;
-ngx_uint_t              ngx_pagesize = 4096;
-
-static ngx_time_t       bench_time;
-
-
-void *
-ngx_slab_calloc(ngx_slab_pool_t *pool, size_t size)
-{
-    return calloc(1, size);
-}
-
-
-void
-ngx_log_error_core(ngx_uint_t level, ngx_log_t *log, ngx_err_t err,
-    const char *fmt, ...)
-{
-}
+/* the slab calloc a calloc (no arena); the slab mutex a spin lock, never
+   contended in one process */
+#define NGX_STUBS_SHM  1
+#include "../../t/stubs.h"
 
 
 static double
@@ -47,15 +29,6 @@ now_s(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
 
     return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-
-static void
-set_clock(ngx_msec_t ms)
-{
-    ngx_current_msec = ms;
-    bench_time.sec = 1764300000 + ms / 1000;
-    bench_time.msec = ms % 1000;
 }
 
 
@@ -74,26 +47,34 @@ main(int argc, char **argv)
     double                 t, sweep_max, sweep_sum, hb_t;
     uint32_t               n, i, pct, expired, ticks;
     ngx_msec_t             timeout, hb, start;
+    ngx_slab_pool_t        pool;
     ngx_presence_node_t   *node;
+    ngx_log_t              log;
     ngx_presence_table_t   table;
 
     n = argc > 1 ? (uint32_t) atoi(argv[1]) : 5000000;
     pct = argc > 2 ? (uint32_t) atoi(argv[2]) : 1;
 
-    ngx_cached_time = &bench_time;
     ngx_pid = getpid();
     timeout = 30000;
     start = 1000000;
-    set_clock(start);
+    stub_set_clock(start);
 
     ngx_memzero(&table, sizeof(ngx_presence_table_t));
     ngx_str_set(&table.name, "bench");
+
+    /* the table's debug logs (nginx-dev is --with-debug) read the level */
+    ngx_memzero(&log, sizeof(ngx_log_t));
+    table.log = &log;
 
     /* what an operator would configure: the computed size plus slack */
     size = ngx_presence_table_size(n) + ngx_presence_table_size(n) / 64
            + 1024 * 1024;
 
-    if (ngx_presence_table_init(&table, NULL, size) != NGX_OK) {
+    ngx_memzero(&pool, sizeof(ngx_slab_pool_t));
+    pool.mutex.lock = &pool.lock.lock;
+
+    if (ngx_presence_table_init(&table, &pool, size) != NGX_OK) {
         fprintf(stderr, "table init failed\n");
         return 1;
     }
@@ -109,7 +90,7 @@ main(int argc, char **argv)
         ngx_msec_t  at = start + (ngx_msec_t) ((uint64_t) i * timeout / 3 / n);
 
         while (ngx_current_msec + NGX_PRESENCE_TICK <= at) {
-            set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
+            stub_set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
             (void) ngx_presence_sweep(&table, ngx_pid);
         }
 
@@ -144,7 +125,7 @@ main(int argc, char **argv)
                          + timeout * 2 / 3;
 
         while (ngx_current_msec + NGX_PRESENCE_TICK <= at) {
-            set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
+            stub_set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
             t = now_s();
             expired += ngx_presence_sweep(&table, ngx_pid);
             t = now_s() - t;
@@ -177,7 +158,7 @@ main(int argc, char **argv)
     ticks = 0;
 
     while (ngx_current_msec < start + timeout * 3 / 2) {
-        set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
+        stub_set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
         t = now_s();
         expired += ngx_presence_sweep(&table, ngx_pid);
         t = now_s() - t;

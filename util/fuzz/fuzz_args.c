@@ -3,8 +3,8 @@
  * Copyright (C) The presence module authors
  *
  * Query strings: the search's q and limit, ngx_http_presence_search_args(),
- * and $presence_channels of "?ids=", ngx_http_presence_channels_variable(),
- * both on every input as r->args.
+ * and the channels of "?ids=" ($presence_channels),
+ * ngx_http_presence_parse_channels(), both on every input as r->args.
  */
 
 
@@ -17,32 +17,28 @@
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    u_char                     *p, *last, *comma;
-    size_t                      n;
-    char                       *reason;
-    uint32_t                    id;
-    ngx_int_t                   rc, limit;
-    ngx_str_t                   q;
-    ngx_fuzz_request_t          fr;
-    ngx_http_request_t         *r;
-    ngx_http_variable_value_t   v;
+    u_char              *p, *last, *comma;
+    size_t               n;
+    char                *reason;
+    uint32_t             id;
+    ngx_int_t            rc, limit;
+    ngx_str_t            q, v;
+    ngx_fuzz_request_t   fr;
+    ngx_http_request_t  *r;
 
     r = ngx_fuzz_request(&fr);
 
     r->args.data = ngx_fuzz_copy(&fr, data, size);
     r->args.len = size;
 
-    /* $presence_channels first: the search writes into the arguments */
+    /* the channels first: the search writes into the arguments */
 
-    ngx_memzero(&v, sizeof(ngx_http_variable_value_t));
+    rc = ngx_http_presence_parse_channels(r, &v);
 
-    rc = ngx_http_presence_channels_variable(r, &v, 0);
+    ngx_fuzz_assert(rc == NGX_OK || rc == NGX_DECLINED);
 
-    ngx_fuzz_assert(rc == NGX_OK);
-
-    if (!v.not_found) {
-        ngx_fuzz_assert(v.valid
-                        && v.len <= NGX_HTTP_PRESENCE_CHANNELS_MAX);
+    if (rc == NGX_OK) {
+        ngx_fuzz_assert(v.len <= NGX_HTTP_PRESENCE_CHANNELS_MAX);
 
         /* "presence.1,presence.2" */
 

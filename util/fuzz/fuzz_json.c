@@ -70,7 +70,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
-    rc = ngx_http_presence_read_body(r, &body);
+    rc = ngx_http_presence_read_body(r, NGX_HTTP_PRESENCE_BODY_MAX, &body);
 
     if (times * size > NGX_HTTP_PRESENCE_BODY_MAX) {
         ngx_fuzz_assert(rc == NGX_DECLINED);

@@ -3,8 +3,9 @@
  * Copyright (C) The presence module authors
  *
  * Bearer tokens: ngx_http_presence_jwt_verify() alone, and through
- * ngx_http_presence_identify() with an Authorization header (its 401 is
- * sent to the stubs of ngx_fuzz_module.c, which check it is JSON).
+ * ngx_http_presence_identify() with an Authorization header (the 401 of
+ * a refused one is sent to the stubs of ngx_fuzz_module.c, which check it
+ * is JSON).
  *
  * The first byte says what the rest is:
  *   bits 0-1: 0 the token as it is; 1 the signed part "header.claims",
@@ -14,10 +15,13 @@
  *   bit 2:    through ngx_http_presence_identify(), with "Bearer " before
  *             a token made here (a raw one is the header as it is);
  *   bits 3-4: spaces after "Bearer ";
- *   bits 5-7: 7: also a token of ngx_http_presence_jwt_sign() verified.
+ *   bits 5-7: 7: also a token of ngx_http_presence_jwt_sign() verified,
+ *             and a stream ticket of ngx_http_presence_ticket_sign(),
+ *             which is no token.
  *
  * Every token is verified twice, the second time from the cache of
- * verified tokens: the answer must be the same.
+ * verified tokens: the answer must be the same.  No input is a stream
+ * ticket (it would need the tickets' key).
  */
 
 
@@ -29,6 +33,7 @@
 
 
 static ngx_str_t  ngx_fuzz_secret = ngx_string("fuzz secret");
+static ngx_str_t  ngx_fuzz_route = ngx_string("eyJzdWIiOiI3In0");
 
 
 static u_char *
@@ -148,10 +153,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         r->headers_in.authorization = &h;
 
-        rc = ngx_http_presence_identify(r, &plcf, &uid);
+        reason = NULL;
+        rc = ngx_http_presence_identify(r, &plcf, &uid, &reason);
 
-        ngx_fuzz_assert(rc == NGX_OK || rc == NGX_DECLINED);
-        ngx_fuzz_assert(rc == NGX_OK || r->headers_out.status == 401);
+        ngx_fuzz_assert(rc == NGX_OK || (rc == NGX_DECLINED && reason));
+
+        if (rc == NGX_DECLINED) {
+            /* the 401 of ngx_http_presence_open() */
+            (void) ngx_http_presence_unauthorized(r, reason);
+            ngx_fuzz_assert(r->headers_out.status == 401);
+        }
 
         if (rc == NGX_OK) {
             ngx_fuzz_assert(uid >= 1 && uid <= NGX_HTTP_PRESENCE_MAX_ID);
@@ -181,6 +192,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ngx_fuzz_assert(reason && reason2 && ngx_strcmp(reason, reason2) == 0);
     }
 
+    ngx_fuzz_assert(ngx_http_presence_ticket_verify(&ngx_fuzz_secret, &token,
+                                                    0, &uid2, &reason2)
+                    == NGX_DECLINED);
+
     if (mode >> 5 == 7) {
         uid2 = (uint32_t) ngx_hash_key((u_char *) data, size)
                % NGX_HTTP_PRESENCE_MAX_ID + 1;
@@ -195,6 +210,23 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                                      &reason)
                         == NGX_OK);
         ngx_fuzz_assert(uid == uid2);
+
+        ngx_fuzz_assert(ngx_http_presence_ticket_sign(r->pool,
+                            &ngx_fuzz_secret, uid2,
+                            (uint64_t) NGX_FUZZ_NOW * 1000 + 60000,
+                            size % 2 ? &ngx_fuzz_route : NULL, &token)
+                        == NGX_OK);
+
+        ngx_fuzz_assert(ngx_http_presence_ticket_verify(&ngx_fuzz_secret,
+                            &token, (uint64_t) NGX_FUZZ_NOW * 1000, &uid,
+                            &reason)
+                        == NGX_OK);
+        ngx_fuzz_assert(uid == uid2);
+
+        ngx_fuzz_assert(ngx_http_presence_jwt_verify(&ngx_fuzz_secret, &token,
+                                                     NGX_FUZZ_NOW, &uid,
+                                                     &reason)
+                        == NGX_DECLINED);
     }
 
 done:

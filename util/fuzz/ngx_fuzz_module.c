@@ -75,6 +75,15 @@ char  *ngx_module_order[] = {
 };
 
 
+/*
+ * The presence module's own ngx_module_t, which http.c names for its
+ * request context: module.c, which defines it, is not linked (it names
+ * every handler, the table and the stores), and no target makes a context.
+ */
+
+ngx_module_t  ngx_http_presence_module;
+
+
 static ngx_int_t
 ngx_fuzz_init_process(ngx_cycle_t *cycle)
 {

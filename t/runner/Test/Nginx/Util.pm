@@ -9,6 +9,7 @@ use strict;
 use warnings;
 
 use base 'Exporter';
+use File::Find ();
 use File::Path qw(make_path remove_tree);
 use File::Spec ();
 use List::Util qw(shuffle);
@@ -209,18 +210,35 @@ sub get_nginx_version () {
     return sprintf "%d.%03d%03d", $1, $2, $3;
 }
 
+# As the real one does: the server root keeps only what the harness itself
+# makes there (conf/, html/, logs/, cache/, *_temp/, *_cache/).  Without
+# use_hup the rest of the previous block's server root must be gone, and
+# a file a test left there (its own output, say) bails out the whole file,
+# as it does under the real one: keep such files in logs/, or outside the
+# server root.  With use_hup every file (not directory) under it goes, but
+# the pid file, unix sockets, keys and certificates of the running nginx.
 sub setup_server_root ($) {
-    my $keep_running = shift;    # use_hup: nginx stays up, keep its pid file
-    remove_tree($ConfDir, $HtmlDir, glob("$ServRoot/*_temp"), glob("$ServRoot/*cache"));
-    if ($keep_running) {
-        unlink grep { -f $_ && $_ ne $PidFile } glob("$LogDir/*");
-    } else {
-        remove_tree($LogDir);
+    my $first_time = shift;
+    if (-d $ServRoot) {
+        remove_tree($ConfDir, glob("$ServRoot/*_cache"), glob("$ServRoot/*_temp"));
+        if ($UseHup) {
+            File::Find::find({ bydepth => 1, no_chdir => 1, wanted => sub {
+                return if -d $_;
+                return if !$first_time && /(?:\bnginx\.pid|\.sock|\.crt|\.key)$/;
+                unlink $_ or warn "Failed to remove $_\n";
+            } }, $ServRoot);
+        } else {
+            remove_tree("$ServRoot/cache", $HtmlDir, $LogDir);
+            rmdir $ServRoot or bail_out("Can't remove $ServRoot (not empty?): $!");
+        }
     }
-    make_path($LogDir, $HtmlDir, $ConfDir);
+    for my $dir ($ServRoot, $LogDir, $HtmlDir, $ConfDir) {
+        -d $dir or mkdir $dir or bail_out("Failed to do mkdir $dir");
+    }
     open my $out, '>', "$HtmlDir/index.html" or bail_out("Can't write $HtmlDir: $!");
     print $out '<html><head><title>It works!</title></head><body>It works!</body></html>';
 }
+
 
 # ">>> name" lines, each followed by the content of the file (in html/)
 sub write_user_files ($) {
@@ -249,7 +267,10 @@ sub write_config_file ($$) {
             qw(http_config main_config post_main_config);
     my $server_name = $block->server_name // $ServerName;
     my $env = join '', map { "env $_;\n" } @EnvToNginx;
-    my $user = $> == 0 ? 'user root;' : '';
+    # as the real one: TEST_NGINX_WORKER_USER, else root's workers as root
+    my $user = defined $ENV{TEST_NGINX_WORKER_USER}
+             ? "user $ENV{TEST_NGINX_WORKER_USER};"
+             : $> == 0 ? 'user root;' : '';
 
     my $nginx_V = `$NginxBinary -V 2>&1` // '';
     my $temp_paths = join '', map { " ${_}_temp_path $ServRoot/${_}_temp;" }
@@ -367,7 +388,7 @@ sub start_nginx ($$$) {
     my $pid = nginx_pid();
 
     if ($UseHup && !$first_time && $pid) {
-        setup_server_root(1);
+        setup_server_root($first_time);
         write_user_files($block);
         write_config_file($block, $config);
         kill SIGUSR1, $pid;    # reopen the (deleted) logs
@@ -380,7 +401,7 @@ sub start_nginx ($$$) {
     }
 
     stop_nginx();
-    setup_server_root(0);
+    setup_server_root($first_time);
     write_user_files($block);
     write_config_file($block, $config);
     $BlockLogStart = 0;

@@ -1,0 +1,328 @@
+
+/*
+ * Copyright (C) The presence module authors
+ *
+ * The event streams: POST /v1/events/ticket, the authorization request
+ * of nchan's subscriber, the stream hooks that hold a user online while
+ * its stream is open, and the variables $presence_channels and
+ * $presence_caller.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_presence.h"
+#include "ngx_http_presence_gate.h"
+
+
+static void ngx_http_presence_events_auth_done(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+static ngx_int_t ngx_http_presence_events_auth_send(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+
+
+/*
+ * $presence_caller: the user id of the request's credential, verified with
+ * the location's secret: a stream ticket in "?ticket=" (not expired), or
+ * "?token=" where presence_events_token is on, else the bearer token; not
+ * found without a valid one.  A load balancer hashes on it, so that the
+ * requests and the streams of one user reach one node.
+ */
+
+ngx_int_t
+ngx_http_presence_caller_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    char                          *reason;
+    uint32_t                       uid;
+    ngx_int_t                      rc;
+    ngx_str_t                      token;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    rc = ngx_http_presence_url_caller(r, plcf, 1, &uid, &reason);
+
+    if (rc == NGX_DONE) {
+        rc = (plcf->secret.data
+              && ngx_http_presence_bearer(r, &token) == NGX_OK)
+             ? ngx_http_presence_jwt_verify(&plcf->secret, &token,
+                                            ngx_time(), &uid, &reason)
+             : NGX_DECLINED;
+    }
+
+    if (rc != NGX_OK) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = ngx_pnalloc(r->pool, NGX_INT32_LEN);
+    if (v->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(v->data, "%uD", uid) - v->data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * POST /v1/events/ticket with the caller's token: a stream ticket for it,
+ * valid presence_ticket_ttl, never cached by anyone.
+ */
+
+ngx_int_t
+ngx_http_presence_events_ticket(ngx_http_request_t *r)
+{
+    u_char                        *dot;
+    uint32_t                       uid;
+    ngx_int_t                      rc;
+    ngx_str_t                      ticket, token, route;
+    ngx_buf_t                     *b;
+    ngx_table_elt_t               *h;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    rc = ngx_http_presence_open(r, NGX_HTTP_POST, "POST", 0, &uid);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    /*
+     * the route: the claims part of the bearer token, which a load balancer
+     * can read from both (docker/nginx-lb.conf)
+     */
+
+    ngx_str_null(&route);
+
+    if (plcf->identity == NGX_ERROR
+        && ngx_http_presence_bearer(r, &token) == NGX_OK)
+    {
+        dot = ngx_strlchr(token.data, token.data + token.len, '.');
+
+        if (dot) {
+            route.data = dot + 1;
+            dot = ngx_strlchr(route.data, token.data + token.len, '.');
+            route.len = dot ? (size_t) (dot - route.data) : 0;
+        }
+    }
+
+    if (ngx_http_presence_ticket_sign(r->pool, &plcf->secret, uid,
+                                      ngx_presence_now_ms() + plcf->ticket_ttl,
+                                      &route, &ticket)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "presence: ticket for user %uD", uid);
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Cache-Control");
+    ngx_str_set(&h->value, "no-store");
+
+    b = ngx_create_temp_buf(r->pool, sizeof("{\"ticket\":\"\","
+                                            "\"expires_in\":}") - 1
+                                     + ticket.len + NGX_TIME_T_LEN);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_sprintf(b->last, "{\"ticket\":\"%V\",\"expires_in\":%M}",
+                          &ticket, plcf->ticket_ttl / 1000);
+
+    return ngx_http_presence_send_json(r, NGX_HTTP_OK, b);
+}
+
+
+/*
+ * nchan_subscribe_request and nchan_unsubscribe_request of /v1/events: a
+ * stream opening or closing is a heartbeat of its owner, with this
+ * location's timeout as the lease.  Make it longer than
+ * nchan_subscriber_timeout plus the client's reconnect delay: an open
+ * stream then keeps its owner online, and a stream that died without a
+ * word (half-open TCP, a killed worker) lets it go offline when the lease
+ * ends.  Several streams of one user are one user: heartbeats are
+ * idempotent, and a deadline is never moved back.
+ */
+
+ngx_int_t
+ngx_http_presence_stream(ngx_http_request_t *r)
+{
+    uint32_t                       uid;
+    ngx_int_t                      rc;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    /*
+     * the hooks of a stream nchan has authorized: its ticket may have
+     * expired since, the stream is still its owner's
+     */
+    rc = ngx_http_presence_open(r, NGX_HTTP_GET|NGX_HTTP_HEAD, "GET, HEAD",
+                                NGX_HTTP_PRESENCE_OPEN_URL, &uid);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    return ngx_http_presence_beat(r, plcf, uid);
+}
+
+
+/*
+ * The authorization request of nchan's /v1/events subscriber, with the
+ * stream's arguments and headers: 204 when the caller subscribes to every
+ * id of "ids" (or is it), 403 otherwise, 401 without a valid ticket or
+ * token (see ngx_http_presence_open()).  nchan 1.3.6 crashes when its
+ * authorize request is answered inside its own subrequest without an
+ * upstream, so nchan_authorize_request points at a proxy_pass location
+ * that reaches this handler over the publisher's unix socket.
+ */
+
+ngx_int_t
+ngx_http_presence_events_auth(ngx_http_request_t *r)
+{
+    uint32_t                  uid, *list;
+    ngx_int_t                 rc;
+    ngx_str_t                 arg;
+    ngx_uint_t                n;
+    ngx_http_presence_ctx_t  *ctx;
+
+    /* a GET without a body: nothing to discard (an error discards it) */
+    rc = ngx_http_presence_open(r, NGX_HTTP_GET|NGX_HTTP_HEAD, "GET, HEAD",
+                                NGX_HTTP_PRESENCE_OPEN_BODY
+                                |NGX_HTTP_PRESENCE_OPEN_URL
+                                |NGX_HTTP_PRESENCE_OPEN_EXPIRY,
+                                &uid);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "ids", sizeof("ids") - 1, &arg) != NGX_OK
+        || arg.len == 0)
+    {
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "the ids parameter is required");
+    }
+
+    rc = ngx_http_presence_parse_ids(r, &arg,
+                                     NGX_HTTP_PRESENCE_EVENTS_IDS_MAX,
+                                     &list, &n);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "ids must be a comma-separated "
+                                       "list of at most "
+                                NGX_PRESENCE_S(NGX_HTTP_PRESENCE_EVENTS_IDS_MAX)
+                                " user ids");
+    }
+
+    if (ngx_http_presence_channels_len(list, n)
+        > NGX_HTTP_PRESENCE_CHANNELS_MAX)
+    {
+        /* nchan would refuse it, with a misleading 403 */
+        return ngx_http_presence_error(r, NGX_HTTP_BAD_REQUEST, "bad_request",
+                                       "too many ids for one stream: their "
+                                       "channels must fit nchan's 1024 "
+                                       "characters; open more streams");
+    }
+
+    if (ngx_http_presence_ctx_init(r, &ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->uid = uid;
+    ctx->ids = list;
+    ctx->n = n;
+    ctx->done = ngx_http_presence_events_auth_done;
+
+    rc = ngx_http_presence_gate(r, ctx);
+    if (rc != NGX_OK) {
+        /* NGX_DONE: waits for the database, or answered (a 503) */
+        return rc;
+    }
+
+    return ngx_http_presence_events_auth_send(r, ctx);
+}
+
+
+static void
+ngx_http_presence_events_auth_done(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_http_presence_finalize(r, ngx_http_presence_events_auth_send(r, ctx));
+}
+
+
+static ngx_int_t
+ngx_http_presence_events_auth_send(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < ctx->n; i++) {
+        if (ctx->allowed[i] != NGX_HTTP_PRESENCE_ALLOWED) {
+            return ngx_http_presence_error(r, NGX_HTTP_FORBIDDEN,
+                                           "not_subscribed",
+                                           "subscribe to every user of "
+                                           "the stream");
+        }
+    }
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+/*
+ * $presence_channels: the nchan channels of the ids in "?ids=",
+ * "presence.1,presence.2"; not found when the list is not valid or does
+ * not fit nchan's channel id (nchan would refuse it with a 403 before our
+ * check is asked: the location answers 400 on an empty value).
+ */
+
+ngx_int_t
+ngx_http_presence_channels_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_int_t  rc;
+    ngx_str_t  channels;
+
+    rc = ngx_http_presence_parse_channels(r, &channels);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = channels.data;
+    v->len = channels.len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
