@@ -17,9 +17,11 @@ use Exporter 'import';
 
 # Opens GET $path with "Accept: text/event-stream" in a child process;
 # returns its pid.  The file gets "<ms> <line>" for every line received,
-# the status line and headers included.
+# the status line and headers included.  Options: headers, more request
+# header lines ("Name: value\r\n" each), as a reconnecting EventSource
+# sends Last-Event-ID.
 sub sse_start {
-    my ($path, $file) = @_;
+    my ($path, $file, %o) = @_;
 
     my $port = $ENV{TEST_NGINX_SERVER_PORT} || 1984;
     unlink $file;
@@ -37,7 +39,8 @@ sub sse_start {
             or POSIX::_exit(1);
 
         print $sock "GET $path HTTP/1.1\r\nHost: localhost\r\n"
-                  . "Accept: text/event-stream\r\n\r\n";
+                  . "Accept: text/event-stream\r\n"
+                  . ($o{headers} // '') . "\r\n";
 
         my $buf = '';
         while (1) {
