@@ -224,10 +224,12 @@ function listen(ids, gen, ticket) {
   stream = es;
   es.onopen = () => {
     if (stream !== es) return;
-    setStreamState(resume ? 'live (resumed)' : 'live', true);
-    // a new stream: the snapshot after it is open; a resumed one gets what
-    // it missed from the server
-    if (!resume) snapshot(es, ids);
+    setStreamState('live', true);
+    // the snapshot after the stream is open, resumed or not: this server
+    // does not replay what a stream missed yet (README: "Resuming a
+    // stream"), it ignores last_event_id; once it does, a resumed stream
+    // can skip it (the server says {"resync": true} when it cannot)
+    snapshot(es, ids);
   };
   es.onmessage = (ev) => {
     if (stream !== es) return;
