@@ -1781,8 +1781,9 @@ ngx_presence_cluster_log(const rd_kafka_t *rk, int level, const char *fac,
  * node has not applied yet: a user it does not know would come online with
  * seq 1 (below the seq its subscribers saw), its invisible flag lost, and
  * the convergence rule would then write that over the log's newer state.
- * So heartbeats, PUT /v1/status and the gateway's reports are refused with
- * a 503 until ready (NGX_DECLINED: ready, go on); the clients send them
+ * So heartbeats, PUT /v1/status, the gateway's reports and the opening of
+ * event streams (which hold their owner online) are refused with a 503
+ * until ready (NGX_DECLINED: ready, go on); the clients send them
  * again, the load balancer's next one goes to a node that is ready.
  */
 

@@ -210,6 +210,12 @@ ngx_http_presence_events_auth(ngx_http_request_t *r)
         return rc;
     }
 
+    /* an open stream holds its owner online: a change, 503 before ready */
+    rc = ngx_presence_cluster_refuse(r);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
     if (ngx_http_arg(r, (u_char *) "ids", sizeof("ids") - 1, &arg) != NGX_OK
         || arg.len == 0)
     {

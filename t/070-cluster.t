@@ -162,6 +162,23 @@ Time::HiRes::sleep(0.5);
 my $h = health('b');
 like($h, qr/^503 \{"error":\{"code":"unavailable","message":"not ready/,
      "node B: not ready while it cannot read the log") or diag($h);
+{
+    # a change made now would start from a state B has not read yet: the
+    # heartbeat and the opening of a stream (it holds its owner online)
+    # are refused; reads are answered
+    my $r = req(POST => $PB, '/v1/heartbeat', 3002);
+    is($r->{status}, 503, "node B not ready: a heartbeat is 503");
+    my $ticket = do {
+        local $ENV{TEST_NGINX_SERVER_PORT} = $PB;
+        fetch_ticket(token(3002));
+    };
+    ok($ticket, "node B not ready: a stream ticket is given");
+    $r = $http->request(GET => "http://127.0.0.1:$PB/v1/events?ids=3002"
+                               . "&ticket=$ticket",
+                        { headers => { Accept => 'text/event-stream' } });
+    is($r->{status}, 503, "node B not ready: a stream is refused (503)")
+        or diag("$r->{status} $r->{content}");
+}
 kafka_up();
 my $t_up = Time::HiRes::time();
 for (1 .. 200) {
