@@ -43,21 +43,23 @@
 #define NGX_PRESENCE_CLUSTER_SCAN     262144    /* slots a tick */
 #define NGX_PRESENCE_CLUSTER_SCAN_MS  5
 #define NGX_PRESENCE_CLUSTER_DEAD     8         /* nodes a scan at most */
-#define NGX_PRESENCE_CLUSTER_KEY      "presence:node:"
-#define NGX_PRESENCE_CLUSTER_NODES    "presence:nodes"
+#define NGX_PRESENCE_CLUSTER_LIVE     "presence:live"
 
 /*
- * One round trip a beat: this node's key refreshed with its TTL, its name
- * in the set of nodes, and for each name of the set whether its key is
- * still there
+ * One round trip a beat, on one key (a Redis Cluster slot of its own):
+ * the hash presence:live of every node's deadline, by Redis's clock (so no
+ * two nodes' clocks are compared); this node's set to now + timeout=, the
+ * answer each name and whether its deadline is still ahead
  */
 #define NGX_PRESENCE_CLUSTER_SCRIPT                                           \
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "                     \
-    "redis.call('SADD', KEYS[2], ARGV[3]) "                                   \
+    "local t = redis.call('TIME') "                                           \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "  \
+    "redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2])) "          \
+    "local h = redis.call('HGETALL', KEYS[1]) "                               \
     "local r = {} "                                                           \
-    "for _, n in ipairs(redis.call('SMEMBERS', KEYS[2])) do "                 \
-    "r[#r + 1] = n "                                                          \
-    "r[#r + 1] = redis.call('EXISTS', '" NGX_PRESENCE_CLUSTER_KEY "' .. n) "  \
+    "for i = 1, #h, 2 do "                                                    \
+    "r[#r + 1] = h[i] "                                                       \
+    "r[#r + 1] = ((tonumber(h[i + 1]) or 0) > now) and 1 or 0 "               \
     "end "                                                                    \
     "return r"
 
@@ -1678,7 +1680,7 @@ ngx_presence_cluster_metrics(ngx_presence_cluster_t *cl, u_char *p)
         "# TYPE presence_cluster_lag_ms gauge\n"
         "presence_cluster_lag_ms %uL\n"
         "# HELP presence_cluster_dead_nodes_total Nodes found dead (their "
-        "liveness key expired) whose users this node wrote offline.\n"
+        "liveness deadline passed) whose users this node wrote offline.\n"
         "# TYPE presence_cluster_dead_nodes_total counter\n"
         "presence_cluster_dead_nodes_total %uL\n"
         "# HELP presence_cluster_orphans_total Users of dead nodes this "
@@ -1877,10 +1879,10 @@ ngx_presence_cluster_health_handler(ngx_http_request_t *r)
 /*
  * Liveness (doc/cluster.md, "A node that dies"), in the worker that holds
  * the consumer: a connection of its own to presence_redis; every second
- * this node's key presence:node:<name> is set again with a TTL of
- * presence_cluster timeout=, and the same round trip says which nodes of
- * the set presence:nodes have lost theirs.  The lowest live name writes
- * their users offline.
+ * this node's deadline in the hash presence:live is set again to Redis's
+ * now + presence_cluster timeout=, and the same round trip says which
+ * nodes of the hash are past theirs.  The lowest live name writes their
+ * users offline.
  */
 
 static void
@@ -1990,38 +1992,29 @@ ngx_presence_cluster_beat_handler(ngx_event_t *ev)
 static void
 ngx_presence_cluster_beat(ngx_presence_cluster_t *cl)
 {
-    u_char      key[sizeof(NGX_PRESENCE_CLUSTER_KEY)
-                    + NGX_PRESENCE_CLUSTER_NAME_LEN];
-    u_char      now[NGX_INT64_LEN], px[NGX_INT64_LEN];
-    size_t      len[8];
-    ngx_time_t *tp;
-    const char *argv[8];
+    u_char      px[NGX_INT64_LEN];
+    size_t      len[6];
+    const char *argv[6];
 
     if (!ngx_presence_redis_ready(cl->live)) {
         return;
     }
 
-    tp = ngx_timeofday();
-
     argv[0] = "EVAL";
     argv[1] = NGX_PRESENCE_CLUSTER_SCRIPT;
-    argv[2] = "2";
-    argv[3] = (const char *) key;
-    argv[4] = NGX_PRESENCE_CLUSTER_NODES;
-    argv[5] = (const char *) now;
-    argv[6] = (const char *) px;
-    argv[7] = (const char *) cl->name.data;
+    argv[2] = "1";
+    argv[3] = NGX_PRESENCE_CLUSTER_LIVE;
+    argv[4] = (const char *) cl->name.data;
+    argv[5] = (const char *) px;
 
     len[0] = sizeof("EVAL") - 1;
     len[1] = sizeof(NGX_PRESENCE_CLUSTER_SCRIPT) - 1;
     len[2] = 1;
-    len[3] = ngx_sprintf(key, NGX_PRESENCE_CLUSTER_KEY "%V", &cl->name) - key;
-    len[4] = sizeof(NGX_PRESENCE_CLUSTER_NODES) - 1;
-    len[5] = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec) - now;
-    len[6] = ngx_sprintf(px, "%M", cl->timeout) - px;
-    len[7] = cl->name.len;
+    len[3] = sizeof(NGX_PRESENCE_CLUSTER_LIVE) - 1;
+    len[4] = cl->name.len;
+    len[5] = ngx_sprintf(px, "%M", cl->timeout) - px;
 
-    if (ngx_presence_redis_call(cl->live, 8, argv, len,
+    if (ngx_presence_redis_call(cl->live, 6, argv, len,
                                 ngx_presence_cluster_beat_reply, cl)
         != NGX_OK
         || ngx_presence_redis_sync(cl->live, ngx_presence_cluster_beat_done,
@@ -2045,7 +2038,7 @@ ngx_presence_cluster_beat_done(void *data, ngx_int_t rc, ngx_uint_t errors)
 }
 
 
-/* [name, 1 or 0 (its key exists), ...]: the dead ones are written */
+/* [name, 1 or 0 (its deadline is ahead), ...]: the dead ones are written */
 
 static void
 ngx_presence_cluster_beat_reply(void *data, void *reply)
@@ -2130,7 +2123,7 @@ ngx_presence_cluster_beat_reply(void *data, void *reply)
     for (k = 0; k < ndead; k++) {
         ngx_log_error(NGX_LOG_NOTICE, cl->log, 0,
                       "presence cluster: node \"%V\" is dead (its liveness "
-                      "key expired): its online users go offline",
+                      "deadline passed): its online users go offline",
                       &cl->dead_name[k]);
     }
 
@@ -2142,7 +2135,7 @@ ngx_presence_cluster_beat_reply(void *data, void *reply)
 }
 
 
-/* a slice of the table a tick; at the end the names leave the set */
+/* a slice of the table a tick; at the end the names leave the hash */
 
 static void
 ngx_presence_cluster_orphans(ngx_presence_cluster_t *cl)
@@ -2170,11 +2163,11 @@ ngx_presence_cluster_orphans(ngx_presence_cluster_t *cl)
 
     /* not sent (Redis away): the next beat finds them again, no user */
 
-    argv[0] = "SREM";
-    argv[1] = NGX_PRESENCE_CLUSTER_NODES;
+    argv[0] = "HDEL";
+    argv[1] = NGX_PRESENCE_CLUSTER_LIVE;
 
-    len[0] = sizeof("SREM") - 1;
-    len[1] = sizeof(NGX_PRESENCE_CLUSTER_NODES) - 1;
+    len[0] = sizeof("HDEL") - 1;
+    len[1] = sizeof(NGX_PRESENCE_CLUSTER_LIVE) - 1;
 
     for (k = 0; k < cl->dead; k++) {
         argv[2 + k] = (const char *) cl->dead_name[k].data;

@@ -102,6 +102,23 @@ ok(ready('a'), "node A ready");
 nginx_start($dir{b}, $PB);
 ok(ready('b'), "node B ready");
 
+# liveness: one Redis hash, a deadline per node by Redis's clock
+sub redis_raw {
+    my $v = `redis-cli -p $redis_port --raw @_ 2>/dev/null`;
+    chomp $v;
+    return $v;
+}
+{
+    my ($sec, $usec) = split /\n/, redis_raw('TIME');
+    my $now = $sec * 1000 + int($usec / 1000);
+    for my $n (qw(a b)) {
+        my $d = redis_raw('HGET', 'presence:live', $name{$n});
+        ok($d =~ /^\d+$/ && $d > $now && $d <= $now + $timeout * 1000 + 100,
+           "node $n: its deadline in presence:live is ahead, within timeout")
+            or diag("deadline '$d', Redis now $now");
+    }
+}
+
 my $subscribed = 0;
 for my $id (@ids, $mover) {
     $subscribed++
@@ -210,6 +227,14 @@ like($msgs[-1][0] // '', qr/presence-owner=\Q$name{b}\E/,
      "the offline is in the log, written by B") or diag(explain(\@msgs));
 like($msgs[-1][0] // '', qr/presence-epoch=1\b/, "with epoch + 1");
 like($msgs[-1][1] // '', qr/"status":"offline"/, "offline");
+
+my $gone = '';
+for (1 .. 40) {
+    $gone = redis_raw('HEXISTS', 'presence:live', $name{a});
+    last if $gone eq '0';
+    Time::HiRes::sleep(0.05);
+}
+is($gone, '0', "A's name left presence:live once its users were written");
 
 is(metric(b => 'presence_cluster_orphans_total'), scalar @ids,
    "/metrics: B wrote A's users offline");
