@@ -208,6 +208,8 @@ sub nginx_t {
          "the LB: hash \$presence_user consistent (the verified user, else the address)");
     is_deeply([($up // '') =~ /^\s*server\s+(\S+)/mg], [map { "$_:8080" } @nodes],
               "over the three nodes");
+    like($up // '', qr/^\s*zone\s+presence_nodes\s+\d+k;/m,
+         "the nodes' failure state in a zone, shared by the LB's workers");
     like($lb, qr/^    map \$presence_user \$presence_anonymous \{\s*""\s+\$remote_addr;\s*default\s+"";\s*\}/m,
          "no verified user: the client's address");
     unlike($lb, qr/\$http_authorization|\$arg_ticket|\$arg_token|\$presence_bearer/,
