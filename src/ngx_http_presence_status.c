@@ -42,7 +42,8 @@ static u_char *ngx_http_presence_sync_metrics(u_char *p,
 
 ngx_int_t
 ngx_http_presence_beat(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf, uint32_t uid)
+    ngx_http_presence_loc_conf_t *plcf, uint32_t uid, uint32_t device,
+    ngx_uint_t flags)
 {
     ngx_presence_node_t   *node;
     ngx_presence_table_t  *table;
@@ -56,8 +57,8 @@ ngx_http_presence_beat(ngx_http_request_t *r,
                                        "presence table is full");
     }
 
-    ngx_presence_heartbeat(table, node, ngx_presence_now_ms(), plcf->timeout,
-                           0);
+    ngx_presence_device_beat(table, node, ngx_presence_now_ms(),
+                             plcf->timeout, flags, device);
     ngx_presence_counters(table)->heartbeats++;
 
     r->headers_out.status = NGX_HTTP_NO_CONTENT;
@@ -73,8 +74,9 @@ ngx_http_presence_beat(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_presence_heartbeat_handler(ngx_http_request_t *r)
 {
-    uint32_t                       uid;
+    uint32_t                       uid, device;
     ngx_int_t                      rc;
+    ngx_uint_t                     flags;
     ngx_http_presence_loc_conf_t  *plcf;
 
     rc = ngx_http_presence_open(r, NGX_HTTP_POST, "POST", 0, &uid);
@@ -87,9 +89,13 @@ ngx_http_presence_heartbeat_handler(ngx_http_request_t *r)
         return rc;
     }
 
+    if (ngx_http_presence_device_arg(r, &device, &flags) != NGX_OK) {
+        return ngx_http_presence_bad_device(r);
+    }
+
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    return ngx_http_presence_beat(r, plcf, uid);
+    return ngx_http_presence_beat(r, plcf, uid, device, flags);
 }
 
 
@@ -486,7 +492,8 @@ ngx_http_presence_status_json(u_char *p, ngx_presence_table_t *table,
         st.last_seen = seen;
     }
 
-    return ngx_presence_json(p, id, st.online, st.last_seen, st.seq);
+    return ngx_presence_status_json(p, table, id, st.online, st.last_seen,
+                                    st.seq, &st.devices);
 }
 
 

@@ -44,6 +44,9 @@ new_table(ngx_presence_table_t *t, size_t size)
     ngx_memzero(t, sizeof(ngx_presence_table_t));
     ngx_str_set(&t->name, "test");
     t->log = &test_log;
+    t->devices = NGX_PRESENCE_DEVICES;
+    t->idle_timeout = NGX_PRESENCE_IDLE_TIMEOUT;
+    t->name_age = 3600;
 
     stub_arena(mmap(NULL, size, PROT_READ|PROT_WRITE,
                     MAP_SHARED|MAP_ANONYMOUS, -1, 0), size);
@@ -1790,7 +1793,8 @@ test_leave(void)
     ok(nchanges == 1 && t.sh->online == 1, "leave: online first");
 
     stub_set_clock(20000000 + 300);
-    ngx_presence_leave(&t, node, 1764320000300);
+    (void) ngx_presence_leave(&t, node, 1764320000300,
+                             NGX_PRESENCE_DEVICE_DEFAULT, 0);
     ch = &changes[1];
     ngx_presence_read(node, &st);
     ok(nchanges == 2 && ch->id == 31 && !ch->online && ch->publish
@@ -1800,7 +1804,8 @@ test_leave(void)
        && st.dirty == NGX_PRESENCE_DIRTY && t.sh->online == 0,
        "leave: offline, dirty, online gauge back to 0");
 
-    ngx_presence_leave(&t, node, 1764320000400);
+    (void) ngx_presence_leave(&t, node, 1764320000400,
+                             NGX_PRESENCE_DEVICE_DEFAULT, 0);
     ngx_presence_read(node, &st);
     ok(nchanges == 2 && st.seq == 2 && st.last_seen == 1764320000300,
        "leave: of an offline user changes nothing");
@@ -1812,7 +1817,8 @@ test_leave(void)
 
     /* back, gone, back again before the sweeper met the node */
     ngx_presence_heartbeat(&t, node, 1764320001500, 1000, 0);
-    ngx_presence_leave(&t, node, 1764320001600);
+    (void) ngx_presence_leave(&t, node, 1764320001600,
+                             NGX_PRESENCE_DEVICE_DEFAULT, 0);
     ngx_presence_heartbeat(&t, node, 1764320001700, 1000, 0);
     ngx_presence_read(node, &st);
     ok(nchanges == 5 && st.online && st.seq == 5,
@@ -1832,7 +1838,8 @@ test_leave(void)
     node = ngx_presence_table_get(&t, 32);
     ngx_presence_heartbeat(&t, node, 1764320003000, 1000, 0);
     ngx_presence_hide(&t, node, 1764320003100);
-    ngx_presence_leave(&t, node, 1764320003200);
+    (void) ngx_presence_leave(&t, node, 1764320003200,
+                             NGX_PRESENCE_DEVICE_DEFAULT, 0);
     ngx_presence_read(node, &st);
     ok(nchanges == 8 && !st.online && st.invisible
        && st.last_seen == 1764320003100,
