@@ -244,6 +244,9 @@ ngx_int_t ngx_http_presence_device_valid(u_char *p, size_t len);
 ngx_int_t ngx_http_presence_device_arg(ngx_http_request_t *r,
     uint32_t *device, ngx_uint_t *flags);
 ngx_int_t ngx_http_presence_bad_device(ngx_http_request_t *r);
+void ngx_http_presence_device_beat(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t uid, ngx_msec_t timeout,
+    ngx_uint_t flags, uint32_t device, ngx_log_t *log);
 void ngx_http_presence_device_leave(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint32_t uid, uint32_t device,
     ngx_uint_t stream, ngx_log_t *log);

@@ -14,7 +14,7 @@
 #include "ngx_http_presence.h"
 
 
-/* the grace of one user, a timer of the worker that saw it leave */
+/* a timer of one user: the end of its grace, its idle timeout */
 typedef struct {
     ngx_event_t                 ev;
     ngx_presence_table_t       *table;
@@ -28,6 +28,9 @@ static ngx_int_t ngx_http_presence_leave_done(ngx_http_request_t *r,
 static ngx_int_t ngx_http_presence_form_token(ngx_str_t *body,
     ngx_str_t *token);
 static void ngx_http_presence_grace_handler(ngx_event_t *ev);
+static void ngx_http_presence_idle_handler(ngx_event_t *ev);
+static void ngx_http_presence_timer(ngx_presence_table_t *table, uint32_t uid,
+    ngx_event_handler_pt handler, ngx_msec_t ms, ngx_log_t *log);
 
 
 /* a device name: 1..16 of [a-z0-9_-] */
@@ -121,13 +124,41 @@ ngx_http_presence_device_leave(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint32_t uid, uint32_t device,
     ngx_uint_t stream, ngx_log_t *log)
 {
-    ngx_http_presence_grace_t  *g;
-
     if (ngx_presence_leave(table, node, ngx_presence_now_ms(), device, stream)
-        != NGX_AGAIN)
+        == NGX_AGAIN)
     {
-        return;
+        ngx_http_presence_timer(table, uid, ngx_http_presence_grace_handler,
+                                table->grace + NGX_PRESENCE_TICK, log);
     }
+}
+
+
+/* a heartbeat of a device, and the idle timer it may need */
+
+void
+ngx_http_presence_device_beat(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t uid, ngx_msec_t timeout,
+    ngx_uint_t flags, uint32_t device, ngx_log_t *log)
+{
+    if (ngx_presence_device_beat(table, node, ngx_presence_now_ms(), timeout,
+                                 flags, device))
+    {
+        ngx_http_presence_timer(table, uid, ngx_http_presence_idle_handler,
+                                table->idle_timeout + NGX_PRESENCE_TICK, log);
+    }
+}
+
+
+/*
+ * A one-shot timer of this worker for a user, its memory its own; lost if
+ * the worker exits first (the wheel does the same later).
+ */
+
+static void
+ngx_http_presence_timer(ngx_presence_table_t *table, uint32_t uid,
+    ngx_event_handler_pt handler, ngx_msec_t ms, ngx_log_t *log)
+{
+    ngx_http_presence_grace_t  *g;
 
     g = ngx_calloc(sizeof(ngx_http_presence_grace_t), log);
     if (g == NULL) {
@@ -136,12 +167,25 @@ ngx_http_presence_device_leave(ngx_presence_table_t *table,
 
     g->table = table;
     g->id = uid;
-    g->ev.handler = ngx_http_presence_grace_handler;
+    g->ev.handler = handler;
     g->ev.data = g;
     g->ev.log = table->log;
     g->ev.cancelable = 1;
 
-    ngx_add_timer(&g->ev, table->grace + NGX_PRESENCE_TICK);
+    ngx_add_timer(&g->ev, ms);
+}
+
+
+static void
+ngx_http_presence_idle_handler(ngx_event_t *ev)
+{
+    ngx_http_presence_grace_t  *g;
+
+    g = ev->data;
+
+    ngx_presence_idle_check(g->table, g->id);
+
+    ngx_free(g);
 }
 
 

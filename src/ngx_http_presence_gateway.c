@@ -210,7 +210,6 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
 {
     u_char                 msg[NGX_HTTP_PRESENCE_GATEWAY_ERR_LEN];
     uint32_t              *ids, device;
-    uint64_t               now;
     ngx_uint_t             list, i, n, beats, refused;
     ngx_presence_node_t   *node;
     ngx_presence_table_t  *table;
@@ -218,7 +217,6 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
     static time_t          logged;
 
     table = ngx_http_presence_table(r);
-    now = ngx_presence_now_ms();
     device = ngx_presence_device_id(table, rep->device.data, rep->device.len);
     beats = 0;
     refused = 0;
@@ -237,10 +235,10 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
                 continue;
             }
 
-            ngx_presence_device_beat(table, node, now, plcf->timeout,
-                                     list == NGX_HTTP_PRESENCE_IDLE
-                                     ? NGX_PRESENCE_BEAT_IDLE : 0,
-                                     device);
+            ngx_http_presence_device_beat(table, node, ids[i], plcf->timeout,
+                                          list == NGX_HTTP_PRESENCE_IDLE
+                                          ? NGX_PRESENCE_BEAT_IDLE : 0,
+                                          device, r->connection->log);
             beats++;
         }
     }

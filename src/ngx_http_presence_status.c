@@ -57,8 +57,8 @@ ngx_http_presence_beat(ngx_http_request_t *r,
                                        "presence table is full");
     }
 
-    ngx_presence_device_beat(table, node, ngx_presence_now_ms(),
-                             plcf->timeout, flags, device);
+    ngx_http_presence_device_beat(table, node, uid, plcf->timeout, flags,
+                                  device, r->connection->log);
     ngx_presence_counters(table)->heartbeats++;
 
     r->headers_out.status = NGX_HTTP_NO_CONTENT;

@@ -51,6 +51,9 @@
      | ((uint64_t) ((dl) & NGX_PRESENCE_DEADLINE_MASK) << 24)                 \
      | ((uint64_t) ((act) & 0xffff) << 8)                                     \
      | ((uint64_t) ((str) & 0x1f) << 3) | (fl))
+/* the time of a device's last activity: ticks modulo 2^16 (109 min) */
+#define ngx_presence_tick16()                                                 \
+    ((uint32_t) (ngx_current_msec / NGX_PRESENCE_TICK) & 0xffff)
 #define ngx_presence_extra(table, off)                                        \
     ((ngx_presence_extra_t *) ((u_char *) (table)->shpool                    \
                                + ((size_t) (off) << 4)))
@@ -2607,8 +2610,8 @@ ngx_presence_list_idle(ngx_presence_table_t *table, ngx_presence_list_t *l,
     uint32_t    sec, age, max, a, to;
     ngx_uint_t  i, left, any, all;
 
-    sec = (uint32_t) ngx_time() & 0xffff;
-    to = (uint32_t) (table->idle_timeout / 1000);
+    sec = ngx_presence_tick16();
+    to = (uint32_t) (table->idle_timeout / NGX_PRESENCE_TICK);
     max = 0xffff;
     any = 0;
     all = 1;
@@ -2641,7 +2644,8 @@ ngx_presence_list_idle(ngx_presence_table_t *table, ngx_presence_list_t *l,
 
     if (due) {
         *due = ngx_presence_tick24(ngx_current_msec
-                                   + (ngx_msec_t) (to - max) * 1000);
+                                   + (ngx_msec_t) (to - max)
+                                     * NGX_PRESENCE_TICK);
     }
 
     return 0;
@@ -2772,7 +2776,7 @@ ngx_presence_bump(ngx_presence_table_t *table, ngx_presence_node_t *node)
 static ngx_uint_t
 ngx_presence_device_apply(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint32_t device, uint32_t dl,
-    ngx_uint_t flags, ngx_uint_t fresh)
+    ngx_uint_t flags, ngx_uint_t fresh, ngx_uint_t *woke)
 {
     uint32_t                tick, sec, old, streams;
     uint64_t                w, fl;
@@ -2782,7 +2786,7 @@ ngx_presence_device_apply(ngx_presence_table_t *table,
     ngx_presence_devices_t  before, after;
 
     tick = ngx_presence_tick24(ngx_current_msec);
-    sec = (uint32_t) ngx_time() & 0xffff;
+    sec = ngx_presence_tick16();
 
     for ( ;; ) {
         ngx_presence_list_read(table, node, &l);
@@ -2818,9 +2822,11 @@ ngx_presence_device_apply(ngx_presence_table_t *table,
             if (l.n == table->devices) {
                 /* the one seen longest ago makes room */
                 for (i = 0, k = 1; k < l.n; k++) {
-                    if (ngx_presence_passed(
-                            ngx_presence_dev_deadline(l.w[k]),
-                            ngx_presence_dev_deadline(l.w[i])))
+                    if (ngx_presence_dev_deadline(l.w[k])
+                        != ngx_presence_dev_deadline(l.w[i])
+                        && ngx_presence_passed(
+                               ngx_presence_dev_deadline(l.w[k]),
+                               ngx_presence_dev_deadline(l.w[i])))
                     {
                         i = k;
                     }
@@ -2832,7 +2838,9 @@ ngx_presence_device_apply(ngx_presence_table_t *table,
 
             if (flags & NGX_PRESENCE_BEAT_IDLE) {
                 /* idle from the start: as if last active long ago */
-                sec = (sec - (uint32_t) (table->idle_timeout / 1000)) & 0xffff;
+                sec = (sec - (uint32_t) (table->idle_timeout
+                                         / NGX_PRESENCE_TICK))
+                      & 0xffff;
             }
         }
 
@@ -2845,13 +2853,23 @@ ngx_presence_device_apply(ngx_presence_table_t *table,
         fl = (flags & NGX_PRESENCE_BEAT_IDLE) ? NGX_PRESENCE_DEV_IDLE : 0;
         l.w[i] = ngx_presence_dev(device, dl, sec, streams, fl);
 
-        idle = ngx_presence_list_idle(table, &l, NULL);
+        /*
+         * Idle goes by time only one way (the sweeper): an idle heartbeat
+         * of an idle user keeps it idle whatever times the others hold
+         * (they are kept for 109 minutes only).
+         */
+
+        idle = ((flags & NGX_PRESENCE_BEAT_IDLE)
+                && (l.dev & NGX_PRESENCE_DEV_SHOWN))
+               || ngx_presence_list_idle(table, &l, NULL);
         ngx_presence_list_show(table, &l, idle, &after);
 
         if (ngx_presence_list_write(table, node, &l, idle) == NGX_OK) {
             break;
         }
     }
+
+    *woke = before.idle && !after.idle;
 
     /*
      * Of a user not visibly online now nothing is shown: if it goes online
@@ -2869,21 +2887,22 @@ ngx_presence_device_apply(ngx_presence_table_t *table,
  * state: an event the heartbeat makes (online) shows it.
  */
 
-void
+ngx_uint_t
 ngx_presence_device_beat(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
     ngx_uint_t flags, uint32_t device)
 {
     uint32_t    dl, old, sec, tick;
     uint64_t    w, s, neww;
-    ngx_uint_t  changed;
+    ngx_uint_t  changed, woke;
 
     dl = ngx_presence_deadline_for(timeout);
     tick = ngx_presence_tick24(ngx_current_msec);
-    sec = (uint32_t) ngx_time() & 0xffff;
+    sec = ngx_presence_tick16();
     s = ngx_presence_load(&node->state);
     w = ngx_presence_load(&node->dev);
     changed = 0;
+    woke = 0;
 
     /* the fast path: the first device again, nothing shown changes */
 
@@ -2915,7 +2934,8 @@ ngx_presence_device_beat(ngx_presence_table_t *table,
     ngx_shmtx_lock(&table->shpool->mutex);
     changed = ngx_presence_device_apply(table, node, device, dl, flags,
                                         (ngx_presence_flags(s)
-                                         & NGX_PRESENCE_REPLICA) != 0);
+                                         & NGX_PRESENCE_REPLICA) != 0,
+                                        &woke);
     ngx_shmtx_unlock(&table->shpool->mutex);
 
 user:
@@ -2930,6 +2950,9 @@ user:
     {
         ngx_presence_bump(table, node);
     }
+
+    /* the wheel has it queued for later than its idle timeout */
+    return woke && table->idle_timeout < timeout;
 }
 
 
@@ -2937,8 +2960,34 @@ void
 ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
     uint64_t now, ngx_msec_t timeout, ngx_uint_t flags)
 {
-    ngx_presence_device_beat(table, node, now, timeout, flags,
-                             NGX_PRESENCE_DEVICE_DEFAULT);
+    (void) ngx_presence_device_beat(table, node, now, timeout, flags,
+                                    NGX_PRESENCE_DEVICE_DEFAULT);
+}
+
+
+/* a timer's presence_idle_timeout passed: the sweeper's look, now */
+
+void
+ngx_presence_idle_check(ngx_presence_table_t *table, uint32_t id)
+{
+    uint64_t              s;
+    ngx_presence_node_t  *node;
+
+    node = ngx_presence_table_lookup(table, id);
+    if (node == NULL) {
+        return;
+    }
+
+    s = ngx_presence_load(&node->state);
+
+    if (ngx_presence_visible(ngx_presence_flags(s))
+        && !(ngx_presence_flags(s) & NGX_PRESENCE_REPLICA))
+    {
+        (void) ngx_presence_devices_sweep(table, node,
+                                          ngx_presence_deadline(s),
+                                          ngx_presence_tick24(
+                                              ngx_current_msec));
+    }
 }
 
 
@@ -3020,7 +3069,7 @@ ngx_presence_device_leave(ngx_presence_table_t *table,
 
         idle = (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0;
 
-        if (rc == NGX_PRESENCE_LEFT_CHANGE) {
+        if (rc == NGX_PRESENCE_LEFT_CHANGE && !idle) {
             idle = ngx_presence_list_idle(table, &l, NULL);
         }
 
@@ -3234,7 +3283,8 @@ ngx_presence_devices_sweep(ngx_presence_table_t *table,
 
         changed = ngx_presence_list_gc(&l, tick);
         due = dl;
-        idle = ngx_presence_list_idle(table, &l, &due);
+        idle = (l.dev & NGX_PRESENCE_DEV_SHOWN)
+               || ngx_presence_list_idle(table, &l, &due);
 
         if (!changed && idle == ((l.dev & NGX_PRESENCE_DEV_SHOWN) != 0)) {
             break;
@@ -3440,7 +3490,7 @@ ngx_presence_replica_devices(ngx_presence_table_t *table,
     ngx_presence_list_t  l, cur;
 
     dl = ngx_presence_tick24(ngx_current_msec) + NGX_PRESENCE_DEADLINE_MASK / 2;
-    sec = (uint32_t) ngx_time() & 0xffff;
+    sec = ngx_presence_tick16();
 
     for (i = 0, l.n = 0; i < d->n && i < NGX_PRESENCE_DEVICES_MAX; i++) {
         l.w[l.n++] = ngx_presence_dev(d->names[i], dl, sec, 0,

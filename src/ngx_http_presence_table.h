@@ -93,7 +93,7 @@
  *
  *     bits 63..48  name id (ngx_presence_device_id()), 0: none
  *     bits 47..24  the device's deadline, in ticks modulo 2^24
- *     bits 23..8   its last heartbeat without idle=1, s modulo 2^16
+ *     bits 23..8   its last heartbeat without idle=1, ticks mod 2^16
  *     bits  7..3   its open event streams (at most 31 counted)
  *     bit   2      "dev" only: the user was last published idle
  *     bit   1      LEFT: its last device, left; the user in its grace
@@ -284,9 +284,15 @@ ngx_presence_node_t *ngx_presence_table_get(ngx_presence_table_t *table,
 void ngx_presence_heartbeat(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
     ngx_uint_t flags);
-void ngx_presence_device_beat(ngx_presence_table_t *table,
+/*
+ * 1: the user went active and its node is queued on the wheel for later
+ * than table->idle_timeout (shorter than this timeout): the caller arms a
+ * timer of idle_timeout + NGX_PRESENCE_TICK for ngx_presence_idle_check()
+ */
+ngx_uint_t ngx_presence_device_beat(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
     ngx_uint_t flags, uint32_t device);
+void ngx_presence_idle_check(ngx_presence_table_t *table, uint32_t id);
 void ngx_presence_hide(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now);
 
