@@ -54,6 +54,9 @@ struct ngx_presence_kafka_s {
     ngx_presence_kafka_headers_pt  headers;
     void                          *headers_data;
 
+    ngx_presence_table_t       *table;       /* the devices of online users,
+                                                NULL: none in the messages */
+
     ngx_uint_t                  inflight;
     ngx_uint_t                  delivered;
     ngx_uint_t                  errors;
@@ -587,6 +590,14 @@ ngx_presence_kafka_topic(ngx_presence_kafka_t *kf)
  * when the user's heartbeats move to them (doc/cluster.md).
  */
 
+void
+ngx_presence_kafka_set_table(ngx_presence_kafka_t *kf,
+    ngx_presence_table_t *table)
+{
+    kf->table = table;
+}
+
+
 ngx_uint_t
 ngx_presence_kafka_logs_hidden(ngx_presence_kafka_t *kf)
 {
@@ -882,11 +893,14 @@ ngx_presence_kafka_sink_dr(void *data, uint64_t opaque, ngx_int_t rc)
 static ngx_int_t
 ngx_presence_kafka_sink_send(ngx_presence_batch_t *b)
 {
-    u_char                *k, *v;
-    u_char                 key[NGX_INT32_LEN], json[NGX_PRESENCE_JSON_LEN];
-    ngx_presence_entry_t  *e;
+    u_char                 *k, *v;
+    u_char                  key[NGX_INT32_LEN], json[NGX_PRESENCE_JSON_LEN];
+    ngx_presence_kafka_t   *kf;
+    ngx_presence_entry_t   *e;
+    ngx_presence_status_t   st;
 
     e = b->entry;
+    kf = b->store;
 
     if (!(e->item.flags & NGX_PRESENCE_RING_PUBLISH)
         && !ngx_presence_kafka_logs_hidden(b->store))
@@ -896,9 +910,24 @@ ngx_presence_kafka_sink_send(ngx_presence_batch_t *b)
     }
 
     k = ngx_sprintf(key, "%uD", e->item.id);
-    v = ngx_presence_json(json, e->item.id,
-                          e->item.flags & NGX_PRESENCE_RING_ONLINE,
-                          e->item.last_seen, e->item.seq);
+
+    /*
+     * An online user's devices as the table has them now: those of this
+     * seq, or of a later change, whose message follows this one (the
+     * replicas end with the latest).
+     */
+
+    st.devices.n = 0;
+    st.devices.idle = 0;
+
+    if ((e->item.flags & NGX_PRESENCE_RING_ONLINE) && kf->table) {
+        (void) ngx_presence_table_peek(kf->table, e->item.id, &st);
+    }
+
+    v = ngx_presence_status_json(json, kf->table, e->item.id,
+                                 e->item.flags & NGX_PRESENCE_RING_ONLINE,
+                                 e->item.last_seen, e->item.seq,
+                                 kf->table ? &st.devices : NULL);
 
     /* the cluster's headers (doc/cluster.md); NGX_DECLINED: not logged */
     return ngx_presence_kafka_produce_change(b->store, key, k - key, json,

@@ -16,6 +16,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include "ngx_http_presence_table.h"
 #include "ngx_http_presence_sink.h"
 
 
@@ -101,6 +102,10 @@ ngx_int_t ngx_presence_kafka_produce_change(ngx_presence_kafka_t *kf,
  * too (a cluster's replicas need it); 0: only visible changes are.
  */
 ngx_uint_t ngx_presence_kafka_logs_hidden(ngx_presence_kafka_t *kf);
+
+/* the table whose online users' devices the messages carry */
+void ngx_presence_kafka_set_table(ngx_presence_kafka_t *kf,
+    ngx_presence_table_t *table);
 
 /*
  * For a consumer of the same brokers (a rd_kafka_conf_t *): the

@@ -730,6 +730,11 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
         /* users offline this long go, once the stores hold their state */
         table = pmcf->shm_zone->data;
         table->retain = pmcf->retain;
+
+        if (pmcf->kafka) {
+            ngx_presence_kafka_set_table(pmcf->kafka, table);
+        }
+
         table->devices = pmcf->devices;
         table->idle_timeout = pmcf->idle_timeout;
         table->grace = pmcf->grace;

@@ -2607,7 +2607,7 @@ static ngx_uint_t
 ngx_presence_list_idle(ngx_presence_table_t *table, ngx_presence_list_t *l,
     uint32_t *due)
 {
-    uint32_t    sec, age, max, a, to;
+    uint32_t    sec, age, max, a, to, at;
     ngx_uint_t  i, left, any, all;
 
     sec = ngx_presence_tick16();
@@ -2643,9 +2643,14 @@ ngx_presence_list_idle(ngx_presence_table_t *table, ngx_presence_list_t *l,
     }
 
     if (due) {
-        *due = ngx_presence_tick24(ngx_current_msec
-                                   + (ngx_msec_t) (to - max)
-                                     * NGX_PRESENCE_TICK);
+        at = ngx_presence_tick24(ngx_current_msec
+                                 + (ngx_msec_t) (to - max)
+                                   * NGX_PRESENCE_TICK);
+
+        /* the earlier of the two */
+        if (ngx_presence_passed(at, *due)) {
+            *due = at;
+        }
     }
 
     return 0;
@@ -2936,6 +2941,11 @@ ngx_presence_device_beat(ngx_presence_table_t *table,
                                         (ngx_presence_flags(s)
                                          & NGX_PRESENCE_REPLICA) != 0,
                                         &woke);
+
+    if (ngx_presence_flags(s) & NGX_PRESENCE_REPLICA) {
+        /* a takeover publishes nothing: its claim logs the devices */
+        changed = 0;
+    }
     ngx_shmtx_unlock(&table->shpool->mutex);
 
 user:

@@ -31,8 +31,8 @@ bearer(7)
  qr/^\{"id":7,"status":"offline","last_seen":(\d{13})(?{ $::hidden = $^N }),"seq":2\}$/,
  qr/^$/,
  qr/^\{"id":7,"status":"offline","last_seen":(??{ $::hidden }),"seq":2\}$/,
- qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":3\}$/,
- qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":3\}$/]
+ qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["default"\]\}$/,
+ qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["default"\]\}$/]
 
 
 
@@ -63,7 +63,7 @@ bearer(7)
 --- error_code eval
 [200, 200, 204, 200]
 --- response_body_like eval
-[qr/^\{"id":7,"status":"online","last_seen":(\d{13})(?{ $::on = $^N }),"seq":1\}$/,
+[qr/^\{"id":7,"status":"online","last_seen":(\d{13})(?{ $::on = $^N }),"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/"status":"online"/, qr/^$/,
  qr/^\{"id":7,"status":"offline","last_seen":(??{ $::on }),"seq":2\}$/]
 
@@ -81,7 +81,7 @@ bearer(7)
 --- error_code eval
 [204, 200, 200, 200]
 --- response_body_like eval
-[qr/^$/, qr/"status":"online".*"seq":1\}$/, qr/"status":"offline".*"seq":2\}$/,
+[qr/^$/, qr/"status":"online".*"seq":1,"activity":"active","devices":\["default"\]\}$/, qr/"status":"offline".*"seq":2\}$/,
  qr/"status":"offline".*"seq":2\}$/]
 
 
@@ -135,4 +135,4 @@ PUT /v1/status
 --- more_headers eval
 bearer(7)
 --- error_code: 200
---- response_body_like: ^\{"id":7,"status":"online","last_seen":\d{13},"seq":1\}$
+--- response_body_like: ^\{"id":7,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$

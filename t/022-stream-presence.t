@@ -48,9 +48,9 @@ $main::sse = sse_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::SSE)
 [204, 200, 204, 200, 204, 200]
 --- response_body_like eval
 [qr/^$/,
- qr/^\{"id":1002,"status":"online","last_seen":(\d{13})(?{ $::opened = $^N }),"seq":1\}$/,
+ qr/^\{"id":1002,"status":"online","last_seen":(\d{13})(?{ $::opened = $^N }),"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^$/,
- qr/^\{"id":1002,"status":"online","last_seen":\d{13},"seq":1\}$/,
+ qr/^\{"id":1002,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^$/,
  qr/^\{"id":1002,"status":"offline","last_seen":(\d{13})(?(?{ $^N - $::opened >= 700 })|(*FAIL)),"seq":2\}$/]
 --- no_error_log

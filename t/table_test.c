@@ -1251,7 +1251,8 @@ static void
 small_table(ngx_presence_table_t *t)
 {
     new_table(t, 2 * (sizeof(ngx_presence_shctx_t) + 8 * 4096
-                      + 2560 * sizeof(ngx_presence_node_t)));
+                      + 2560 * sizeof(ngx_presence_node_t)
+                      + 2560 / 32 * 3 / 2 * sizeof(ngx_presence_name_t)));
 }
 
 
@@ -1956,6 +1957,7 @@ test_replica(void)
     b = ngx_presence_node_hash((u_char *) "b", 1);
     t.node = a;
 
+    ngx_memzero(&rp, sizeof(ngx_presence_replica_t));
     rp.id = 41;
     rp.seq = 1;
     rp.epoch = 0;
