@@ -54,8 +54,9 @@ struct ngx_presence_kafka_s {
     ngx_presence_kafka_headers_pt  headers;
     void                          *headers_data;
 
-    ngx_presence_table_t       *table;       /* the devices of online users,
-                                                NULL: none in the messages */
+    ngx_presence_kafka_json_pt  json;        /* a change's JSON, NULL:
+                                                ngx_presence_json()'s */
+    void                       *json_data;
 
     ngx_uint_t                  inflight;
     ngx_uint_t                  delivered;
@@ -591,10 +592,11 @@ ngx_presence_kafka_topic(ngx_presence_kafka_t *kf)
  */
 
 void
-ngx_presence_kafka_set_table(ngx_presence_kafka_t *kf,
-    ngx_presence_table_t *table)
+ngx_presence_kafka_set_json(ngx_presence_kafka_t *kf,
+    ngx_presence_kafka_json_pt json, void *data)
 {
-    kf->table = table;
+    kf->json = json;
+    kf->json_data = data;
 }
 
 
@@ -897,7 +899,6 @@ ngx_presence_kafka_sink_send(ngx_presence_batch_t *b)
     u_char                  key[NGX_INT32_LEN], json[NGX_PRESENCE_JSON_LEN];
     ngx_presence_kafka_t   *kf;
     ngx_presence_entry_t   *e;
-    ngx_presence_status_t   st;
 
     e = b->entry;
     kf = b->store;
@@ -911,23 +912,16 @@ ngx_presence_kafka_sink_send(ngx_presence_batch_t *b)
 
     k = ngx_sprintf(key, "%uD", e->item.id);
 
-    /*
-     * An online user's devices as the table has them now: those of this
-     * seq, or of a later change, whose message follows this one (the
-     * replicas end with the latest).
-     */
+    if (kf->json) {
+        v = kf->json(kf->json_data, json, e->item.id,
+                     e->item.flags & NGX_PRESENCE_RING_ONLINE,
+                     e->item.last_seen, e->item.seq);
 
-    st.devices.n = 0;
-    st.devices.idle = 0;
-
-    if ((e->item.flags & NGX_PRESENCE_RING_ONLINE) && kf->table) {
-        (void) ngx_presence_table_peek(kf->table, e->item.id, &st);
+    } else {
+        v = ngx_presence_json(json, e->item.id,
+                              e->item.flags & NGX_PRESENCE_RING_ONLINE,
+                              e->item.last_seen, e->item.seq);
     }
-
-    v = ngx_presence_status_json(json, kf->table, e->item.id,
-                                 e->item.flags & NGX_PRESENCE_RING_ONLINE,
-                                 e->item.last_seen, e->item.seq,
-                                 kf->table ? &st.devices : NULL);
 
     /* the cluster's headers (doc/cluster.md); NGX_DECLINED: not logged */
     return ngx_presence_kafka_produce_change(b->store, key, k - key, json,

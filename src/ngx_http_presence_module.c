@@ -93,6 +93,8 @@ static void ngx_http_presence_pending(ngx_presence_table_t *table,
 static void ngx_http_presence_changed(ngx_presence_table_t *table,
     ngx_presence_change_t *ch);
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
+static u_char *ngx_http_presence_kafka_json(void *data, u_char *p,
+    uint32_t id, ngx_uint_t online, uint64_t last_seen, uint32_t seq);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
 
 
@@ -732,7 +734,8 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
         table->retain = pmcf->retain;
 
         if (pmcf->kafka) {
-            ngx_presence_kafka_set_table(pmcf->kafka, table);
+            ngx_presence_kafka_set_json(pmcf->kafka,
+                                        ngx_http_presence_kafka_json, table);
         }
 
         table->devices = pmcf->devices;
@@ -743,6 +746,32 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A Kafka message's JSON: an online user's devices as the table has them
+ * now, those of this seq or of a later change, whose message follows this
+ * one (a replica ends with the latest).
+ */
+
+static u_char *
+ngx_http_presence_kafka_json(void *data, u_char *p, uint32_t id,
+    ngx_uint_t online, uint64_t last_seen, uint32_t seq)
+{
+    ngx_presence_table_t  *table = data;
+
+    ngx_presence_status_t  st;
+
+    st.devices.n = 0;
+    st.devices.idle = 0;
+
+    if (online) {
+        (void) ngx_presence_table_peek(table, id, &st);
+    }
+
+    return ngx_presence_status_json(p, table, id, online, last_seen, seq,
+                                    &st.devices);
 }
 
 

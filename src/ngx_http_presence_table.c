@@ -184,6 +184,7 @@ ngx_presence_table_size(uint32_t users)
 
     return sizeof(ngx_presence_shctx_t)
            + slots * sizeof(ngx_presence_node_t)
+             * NGX_PRESENCE_EXTRA_SHARE / (NGX_PRESENCE_EXTRA_SHARE - 1)
            + ngx_min(ngx_max(slots / 32, NGX_PRESENCE_NAMES_MIN),
                      NGX_PRESENCE_NAMES_MAX)
              * sizeof(ngx_presence_name_t);
@@ -229,6 +230,9 @@ ngx_presence_table_init(ngx_presence_table_t *table, ngx_slab_pool_t *shpool,
     if (avail > size) {
         return NGX_ERROR;
     }
+
+    /* the devices past the first take the slab's pages left */
+    avail -= avail / NGX_PRESENCE_EXTRA_SHARE;
 
     for (slots = avail / sizeof(ngx_presence_node_t);
          slots >= 64;
@@ -3380,7 +3384,10 @@ ngx_presence_device_id(ngx_presence_table_t *table, u_char *name, size_t len)
 
     static time_t         logged;
 
-    if (len == 0 || len > NGX_PRESENCE_DEVICE_LEN) {
+    if (len == 0 || len > NGX_PRESENCE_DEVICE_LEN
+        || (len == sizeof("default") - 1
+            && ngx_strncmp(name, "default", len) == 0))
+    {
         return NGX_PRESENCE_DEVICE_DEFAULT;
     }
 

@@ -56,6 +56,13 @@
 /* a device name: 1..16 of [a-z0-9_-]; name id 1 is "default" */
 #define NGX_PRESENCE_DEVICE_LEN      16
 #define NGX_PRESENCE_DEVICE_DEFAULT  1
+/*
+ * 1/16 of the nodes' share of the zone is left to the slab for the
+ * devices past the first (ngx_presence_extra_t, 16 bytes each): 4 bytes a
+ * user, one such device for every 4 users at the load factor's cap
+ */
+#define NGX_PRESENCE_EXTRA_SHARE     16
+
 /* the interned names: ids of 16 bits, a probe of at most 16 slots */
 #define NGX_PRESENCE_NAMES_MAX       65535
 #define NGX_PRESENCE_NAMES_MIN       64

@@ -20,7 +20,7 @@ sub Test::Nginx::Util::user_log {
     my @m = grep { $_->[0] eq $uid }
             PresenceKafka::kafka_messages($ENV{TEST_NGINX_KAFKA_TOPIC});
     return join ' ', map {
-        $_->[1] =~ /^\{"id":$uid,"status":"(\w+)","last_seen":(\d+),"seq":(\d+)(?:,"activity":"active","devices":\["ws"\])?\}$/
+        $_->[1] =~ /^\{"id":$uid,"status":"(\w+)","last_seen":(\d+),"seq":(\d+)(?(?{ $1 eq 'online' }),"activity":"active","devices":\["ws"\])\}$/
             ? "$1/$3/$2" : "bad:$_->[1]"
     } @m;
 }

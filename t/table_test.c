@@ -1252,6 +1252,8 @@ small_table(ngx_presence_table_t *t)
 {
     new_table(t, 2 * (sizeof(ngx_presence_shctx_t) + 8 * 4096
                       + 2560 * sizeof(ngx_presence_node_t)
+                        * NGX_PRESENCE_EXTRA_SHARE
+                        / (NGX_PRESENCE_EXTRA_SHARE - 1)
                       + 2560 / 32 * 3 / 2 * sizeof(ngx_presence_name_t)));
 }
 
@@ -1853,6 +1855,165 @@ test_leave(void)
 
 
 /*
+ * Devices (issue 14): a change of the devices shown, and of active/idle,
+ * is one change with seq + 2; plain heartbeats none; the last device's
+ * leave is a grace: nothing if a device comes back, else offline at its
+ * end with last_seen the moment it left; past presence_devices the one
+ * seen longest ago goes; a device's own deadline takes it out alone;
+ * names are interned once and bounded.
+ */
+
+static void
+test_devices(void)
+{
+    u_char                   buf[NGX_PRESENCE_DEVICE_LEN];
+    uint32_t                 web, phone, tab, id;
+    ngx_uint_t               i, n;
+    ngx_presence_node_t     *node;
+    ngx_presence_table_t     t;
+    ngx_presence_status_t    st;
+    ngx_presence_change_t   *ch;
+
+    new_table(&t, 8 * 1024 * 1024);
+    t.changed = record_change;
+    t.grace = 1000;
+    t.idle_timeout = 1000;
+    t.devices = 3;
+    stub_set_clock(40000000);
+    nchanges = 0;
+
+    web = ngx_presence_device_id(&t, (u_char *) "web", 3);
+    phone = ngx_presence_device_id(&t, (u_char *) "phone", 5);
+    tab = ngx_presence_device_id(&t, (u_char *) "tab", 3);
+    ok(web > 1 && phone > 1 && web != phone
+       && ngx_presence_device_id(&t, (u_char *) "web", 3) == web
+       && ngx_presence_device_name(&t, phone, buf) == 5
+       && ngx_memcmp(buf, "phone", 5) == 0
+       && ngx_presence_device_id(&t, (u_char *) "default", 7)
+          == NGX_PRESENCE_DEVICE_DEFAULT,
+       "devices: names interned once, read back");
+
+    node = ngx_presence_table_get(&t, 51);
+    (void) ngx_presence_device_beat(&t, node, 1764340000000, 3000, 0, web);
+    ch = &changes[0];
+    ok(nchanges == 1 && ch->online && ch->seq == 1 && ch->devices.n == 1
+       && ch->devices.names[0] == web && !ch->devices.idle,
+       "devices: online with web, active");
+
+    (void) ngx_presence_device_beat(&t, node, 1764340000100, 3000, 0, web);
+    (void) ngx_presence_device_beat(&t, node, 1764340000100, 3000, 0, phone);
+    ch = &changes[1];
+    ok(nchanges == 2 && ch->online && ch->seq == 3 && ch->devices.n == 2
+       && ch->devices.names[0] == phone && ch->devices.names[1] == web
+       && t.sh->online == 1,
+       "devices: web again nothing; phone one change, sorted, no transition");
+
+    (void) ngx_presence_device_beat(&t, node, 1764340000200, 3000,
+                                    NGX_PRESENCE_BEAT_IDLE, phone);
+    ok(nchanges == 2, "devices: one idle device of two: still active");
+    (void) ngx_presence_device_beat(&t, node, 1764340000200, 3000,
+                                    NGX_PRESENCE_BEAT_IDLE, web);
+    ch = &changes[2];
+    ok(nchanges == 3 && ch->seq == 5 && ch->devices.idle && ch->devices.n == 2,
+       "devices: both idle: idle, one change");
+    (void) ngx_presence_device_beat(&t, node, 1764340000300, 3000, 0, web);
+    ch = &changes[3];
+    ok(nchanges == 4 && ch->seq == 7 && !ch->devices.idle,
+       "devices: an active heartbeat: active at once");
+
+    /* web active, phone idle; the idle timeout (1 s) passes */
+    sweep_until(&t, ngx_current_msec + 1300);
+    ch = &changes[4];
+    ok(nchanges == 5 && ch->seq == 9 && ch->devices.idle && ch->online,
+       "devices: idle after the idle timeout, by the sweeper");
+
+    ok(ngx_presence_leave(&t, node, 1764340001500, phone, 0) == NGX_OK,
+       "devices: phone leaves");
+    ch = &changes[5];
+    ok(nchanges == 6 && ch->seq == 11 && ch->devices.n == 1
+       && ch->devices.names[0] == web && ch->online,
+       "devices: one change, web left");
+
+    ok(ngx_presence_leave(&t, node, 1764340001600, web, 0) == NGX_AGAIN,
+       "devices: the last one leaves: a grace");
+    (void) ngx_presence_table_peek(&t, 51, &st);
+    ok(nchanges == 6 && st.online && st.devices.n == 1,
+       "devices: in the grace still online with it, nothing published");
+    (void) ngx_presence_device_beat(&t, node, 1764340001700, 3000,
+                                    NGX_PRESENCE_BEAT_IDLE, web);
+    ngx_presence_grace_end(&t, 51);
+    stub_set_clock(ngx_current_msec + 1200);
+    ngx_presence_grace_end(&t, 51);
+    (void) ngx_presence_table_peek(&t, 51, &st);
+    ok(nchanges == 6 && st.online && st.seq == 11,
+       "devices: back within the grace: no change at all");
+
+    stub_set_clock(ngx_current_msec + 100);
+    ok(ngx_presence_leave(&t, node, 1764340003000, web, 0) == NGX_AGAIN,
+       "devices: it leaves again");
+    stub_set_clock(ngx_current_msec + 500);
+    ngx_presence_grace_end(&t, 51);
+    ok(nchanges == 6, "devices: not before the grace's end");
+    stub_set_clock(ngx_current_msec + 600);
+    ngx_presence_grace_end(&t, 51);
+    ch = &changes[6];
+    (void) ngx_presence_table_peek(&t, 51, &st);
+    ok(nchanges == 7 && !ch->online && ch->seq == 12
+       && ch->last_seen == 1764340003000 && !st.online && t.sh->online == 0,
+       "devices: offline at the grace's end, last seen when it left");
+    sweep_until(&t, ngx_current_msec + 3500);
+    ok(nchanges == 7, "devices: its wheel deadline passes silently");
+
+    /* presence_devices 3: the fourth replaces the one seen longest ago */
+    node = ngx_presence_table_get(&t, 52);
+    (void) ngx_presence_device_beat(&t, node, 1764340010000, 3000, 0, web);
+    stub_set_clock(ngx_current_msec + 200);
+    (void) ngx_presence_device_beat(&t, node, 1764340010200, 3000, 0, phone);
+    (void) ngx_presence_device_beat(&t, node, 1764340010200, 3000, 0, tab);
+    n = nchanges;
+    (void) ngx_presence_device_beat(&t, node, 1764340010200, 3000, 0,
+                                    NGX_PRESENCE_DEVICE_DEFAULT);
+    (void) ngx_presence_table_peek(&t, 52, &st);
+    ok(nchanges == n + 1 && st.devices.n == 3 && st.seq == 7
+       && st.devices.names[0] == NGX_PRESENCE_DEVICE_DEFAULT
+       && st.devices.names[1] == phone && st.devices.names[2] == tab
+       && t.sh->extras == 2,
+       "devices: past presence_devices web (the oldest) was replaced");
+
+    /* a device's own deadline: it goes alone, the user stays */
+    stub_set_clock(ngx_current_msec + 1000);
+    (void) ngx_presence_device_beat(&t, node, 1764340011200, 3000, 0, tab);
+    sweep_until(&t, ngx_current_msec + 2500);
+    (void) ngx_presence_table_peek(&t, 52, &st);
+    ok(st.online && st.devices.n == 1 && st.devices.names[0] == tab
+       && t.sh->extras == 0,
+       "devices: the others timed out alone, their records freed");
+    sweep_until(&t, ngx_current_msec + 1000);
+    (void) ngx_presence_table_peek(&t, 52, &st);
+    ok(!st.online, "devices: then the user, at its own deadline");
+
+    /* invented names: bounded, and given again once unused for long */
+    t.name_age = 10;
+
+    for (i = 0, n = 0; i < 2 * t.sh->nnames; i++) {
+        u_char  nm[16];
+
+        id = ngx_presence_device_id(&t, nm,
+                                    snprintf((char *) nm, sizeof(nm), "x%u",
+                                             (unsigned) i));
+        n += (id == NGX_PRESENCE_DEVICE_DEFAULT);
+    }
+
+    ok(n > 0, "devices: the names full, new ones count as default");
+    stub_set_clock(ngx_current_msec + 11000);
+    id = ngx_presence_device_id(&t, (u_char *) "late", 4);
+    ok(id != NGX_PRESENCE_DEVICE_DEFAULT
+       && ngx_presence_device_name(&t, id, buf) == 4,
+       "devices: names unused for name_age are given again");
+}
+
+
+/*
  * ngx_presence_json() writes its numbers itself: byte for byte what
  * "%uD"/"%uL" wrote (here: what snprintf writes), at every length.
  */
@@ -2220,6 +2381,7 @@ main(void)
     test_leave();
     test_replica();
     test_refresh_race();
+    test_devices();
     test_json();
 
     return done_testing();
