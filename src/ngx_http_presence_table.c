@@ -3268,7 +3268,7 @@ ngx_presence_devices_sweep(ngx_presence_table_t *table,
     uint32_t                due;
     uint64_t                w;
     ngx_uint_t              idle, changed;
-    ngx_presence_list_t     l;
+    ngx_presence_list_t     l, was;
     ngx_presence_devices_t  before, after;
 
     w = ngx_presence_load(&node->dev);
@@ -3292,8 +3292,7 @@ ngx_presence_devices_sweep(ngx_presence_table_t *table,
 
     for ( ;; ) {
         ngx_presence_list_read(table, node, &l);
-        ngx_presence_list_show(table, &l,
-                               (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0, &before);
+        was = l;
 
         changed = ngx_presence_list_gc(&l, tick);
         due = dl;
@@ -3301,9 +3300,13 @@ ngx_presence_devices_sweep(ngx_presence_table_t *table,
                || ngx_presence_list_idle(table, &l, &due);
 
         if (!changed && idle == ((l.dev & NGX_PRESENCE_DEV_SHOWN) != 0)) {
+            /* the usual visit: nothing due, nothing sorted */
             break;
         }
 
+        ngx_presence_list_show(table, &was,
+                               (was.dev & NGX_PRESENCE_DEV_SHOWN) != 0,
+                               &before);
         ngx_presence_list_show(table, &l, idle, &after);
 
         if (ngx_presence_list_write(table, node, &l, idle) == NGX_OK) {

@@ -57,11 +57,12 @@
 #define NGX_PRESENCE_DEVICE_LEN      16
 #define NGX_PRESENCE_DEVICE_DEFAULT  1
 /*
- * 1/16 of the nodes' share of the zone is left to the slab for the
- * devices past the first (ngx_presence_extra_t, 16 bytes each): 4 bytes a
- * user, one such device for every 4 users at the load factor's cap
+ * 1/32 of the nodes' share of the zone is left to the slab for the
+ * devices past the first (ngx_presence_extra_t, 16 bytes each): 2 bytes a
+ * user, one such device for every 8 users at the load factor's cap; more
+ * take a larger zone, 16 bytes each
  */
-#define NGX_PRESENCE_EXTRA_SHARE     16
+#define NGX_PRESENCE_EXTRA_SHARE     32
 
 /* the interned names: ids of 16 bits, a probe of at most 16 slots */
 #define NGX_PRESENCE_NAMES_MAX       65535

@@ -1,5 +1,6 @@
 #!/usr/bin/env perl
 # Unit tests of the presence table without nginx (t/table_test.c): expiry,
+# devices, idle and the grace of a leave (test_devices),
 # a sweep lock left by a dead process, users lost off the wheel by a killed
 # sweeper, and processes racing on the same users, one killed with SIGKILL;
 # pid locks of processes not ours (pid 1, EPERM, a reused pid) taken over;

@@ -17,9 +17,11 @@
 #include <ngx_core.h>
 #include <stdio.h>
 #include <time.h>
+#include <sys/mman.h>
 #include "../../src/ngx_http_presence_table.h"
 
-/* the slab calloc a calloc (no arena); the slab mutex a spin lock, never
+/* the slab calloc from an arena (the devices' records are found by their
+   offset from the pool, as in a zone); the slab mutex a spin lock, never
    contended in one process */
 #define NGX_STUBS_SHM  1
 #include "../../t/stubs.h"
@@ -52,7 +54,8 @@ main(int argc, char **argv)
     uint32_t               n, i, pct, two, expired, ticks, phone;
     double                 extra, reserve;
     ngx_msec_t             timeout, hb, start;
-    ngx_slab_pool_t        pool;
+    size_t                 arena;
+    ngx_slab_pool_t       *pool;
     ngx_presence_node_t   *node;
     ngx_log_t              log;
     ngx_presence_table_t   table;
@@ -81,10 +84,15 @@ main(int argc, char **argv)
     size = ngx_presence_table_size(n) + ngx_presence_table_size(n) / 64
            + 1024 * 1024;
 
-    ngx_memzero(&pool, sizeof(ngx_slab_pool_t));
-    pool.mutex.lock = &pool.lock.lock;
+    /* the zone, and 64 bytes a user for the stub's records past it */
+    arena = 2 * size + (size_t) n * 64;
+    stub_arena(mmap(NULL, arena, PROT_READ|PROT_WRITE,
+                    MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0), arena);
 
-    if (ngx_presence_table_init(&table, &pool, size) != NGX_OK) {
+    pool = ngx_slab_calloc(NULL, sizeof(ngx_slab_pool_t));
+    pool->mutex.lock = &pool->lock.lock;
+
+    if (ngx_presence_table_init(&table, pool, size) != NGX_OK) {
         fprintf(stderr, "table init failed\n");
         return 1;
     }
@@ -182,6 +190,15 @@ main(int argc, char **argv)
         node = ngx_presence_table_lookup(&table, user(i));
         ngx_presence_heartbeat(&table, node, ngx_presence_now_ms(), timeout,
                                0);
+
+        if (i % 100 < two) {
+            /* its second device too: both stay */
+            (void) ngx_presence_device_beat(&table, node,
+                                            ngx_presence_now_ms(), timeout,
+                                            0, phone);
+            hb++;
+        }
+
         hb_t += now_s() - t;
         hb++;
     }
