@@ -3077,6 +3077,15 @@ ngx_presence_device_leave(ngx_presence_table_t *table,
         l.w[i] = ngx_presence_dev(device, dl, ngx_presence_dev_active(w), 0,
                                   (w & NGX_PRESENCE_DEV_IDLE)
                                   | NGX_PRESENCE_DEV_LEFT);
+
+        /* devices that left before it are not shown with it */
+        for (k = 0, others = 0; k < l.n; k++) {
+            if ((ngx_int_t) k == i || !(l.w[k] & NGX_PRESENCE_DEV_LEFT)) {
+                l.w[others++] = l.w[k];
+            }
+        }
+
+        l.n = others;
         rc = NGX_PRESENCE_LEFT_GRACE;
 
     write:

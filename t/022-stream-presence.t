@@ -1,7 +1,7 @@
 # An open event stream keeps its owner online (nchan_subscribe_request),
-# its end counts as the last activity (nchan_unsubscribe_request), and the
-# lease of the stream's heartbeat bounds how long a dead stream can pass
-# for alive.
+# its end is its device leaving (nchan_unsubscribe_request: offline after
+# the grace, never later than the lease), and the lease of the stream's
+# heartbeat bounds how long a dead stream can pass for alive.
 
 use lib 't/lib';
 use Test::Nginx::Socket 'no_plan';
