@@ -261,6 +261,13 @@ ngx_http_presence_events_auth(ngx_http_request_t *r)
         return rc;
     }
 
+    if (ngx_http_arg(r, (u_char *) "device", sizeof("device") - 1, &arg)
+        == NGX_OK
+        && ngx_http_presence_device_valid(arg.data, arg.len) != NGX_OK)
+    {
+        return ngx_http_presence_bad_device(r);
+    }
+
     if (ngx_http_arg(r, (u_char *) "ids", sizeof("ids") - 1, &arg) != NGX_OK
         || arg.len == 0)
     {

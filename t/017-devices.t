@@ -185,7 +185,24 @@ pg_reset(users => [[1001, 'alice']], subs => []);
 
 
 
-=== TEST 6: past presence_devices the one seen longest ago is replaced
+=== TEST 6: a stream of a bad device name is refused
+--- config eval: $::CONFIG
+--- init
+pg_reset(users => [[1001, 'alice']], subs => []);
+--- request eval
+["GET /v1/events?ids=1001&device=Web&ticket=" . ticket(1001),
+ "GET /v1/events?ids=1001&device=&ticket=" . ticket(1001)]
+--- more_headers eval
+[("Accept: text/event-stream") x 2]
+--- error_code eval
+[400, 400]
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 7: past presence_devices the one seen longest ago is replaced
 --- config eval: $::CONFIG
 --- init
 pg_reset(users => [[1001, 'alice']], subs => []);
@@ -209,7 +226,7 @@ pg_reset(users => [[1001, 'alice']], subs => []);
 
 
 
-=== TEST 7: the gateway's device, idle and gone are the single-user calls'
+=== TEST 8: the gateway's device, idle and gone are the single-user calls'
 --- config eval: $::CONFIG
 --- init
 pg_reset(users => [[1001, 'alice'], [1003, 'carol'], [1004, 'dan']],
