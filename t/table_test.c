@@ -1001,6 +1001,9 @@ test_stress(void)
         usleep(random() % 300000);
         kill(pids[victim], SIGKILL);
         waitpid(pids[victim], NULL, 0);
+
+        /* the slab mutex of a dead holder, as nginx's master frees it */
+        (void) ngx_atomic_cmp_set(test_pool->mutex.lock, pids[victim], 0);
         pids[victim] = 0;
 
         if (ss->hand[victim]) {
@@ -1030,6 +1033,7 @@ test_stress(void)
                 hung++;
                 kill(pids[p], SIGKILL);
                 waitpid(pids[p], NULL, 0);
+                (void) ngx_atomic_cmp_set(test_pool->mutex.lock, pids[p], 0);
             }
         }
 
