@@ -509,6 +509,9 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
     table = pmcf->shm_zone->data;
     table->log = cycle->log;
 
+    /* a worker respawned in the slot of one that was killed */
+    ngx_presence_table_init_process(table);
+
     pmcf->sweeper.handler = ngx_http_presence_sweep_handler;
     pmcf->sweeper.data = pmcf;
     pmcf->sweeper.log = cycle->log;

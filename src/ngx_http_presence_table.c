@@ -138,6 +138,9 @@ static void ngx_presence_change(ngx_presence_table_t *table,
 static uint64_t *ngx_presence_pin(ngx_presence_table_t *table);
 static ngx_inline void ngx_presence_status_of(ngx_presence_status_t *st,
     uint32_t id, uint64_t s, uint64_t last_seen);
+static ngx_uint_t ngx_presence_handed(ngx_presence_shctx_t *sh,
+    uint32_t slot);
+static void ngx_presence_late(ngx_presence_shctx_t *sh, uint64_t tick);
 static ngx_uint_t ngx_presence_pinned(ngx_presence_shctx_t *sh,
     uint32_t slot);
 static ngx_presence_node_t *ngx_presence_insert(ngx_presence_table_t *table,
@@ -414,6 +417,58 @@ ngx_presence_pinned(ngx_presence_shctx_t *sh, uint32_t slot)
 
 
 /*
+ * "hand": the node a heartbeat pushes onto the wheel, from before its CAS
+ * that sets QUEUED until after the push (see the audit in
+ * ngx_presence_sweep()).
+ */
+
+static ngx_uint_t
+ngx_presence_handed(ngx_presence_shctx_t *sh, uint32_t slot)
+{
+    ngx_uint_t  i, n;
+
+    /* a process that pushes has looked the node up: it is a pinner */
+    n = __atomic_load_n(&sh->pinners, __ATOMIC_SEQ_CST);
+    n = ngx_min(n, NGX_MAX_PROCESSES);
+
+    for (i = 0; i < n; i++) {
+        if (__atomic_load_n(&sh->counters[i].hand, __ATOMIC_SEQ_CST)
+            == (uint64_t) slot + 1)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+void
+ngx_presence_table_init_process(ngx_presence_table_t *table)
+{
+    uint32_t                  q;
+    uint64_t                  hand, now;
+    ngx_presence_counters_t  *c;
+
+    c = ngx_presence_counters(table);
+    hand = __atomic_load_n(&c->hand, __ATOMIC_SEQ_CST);
+
+    if (hand && hand <= table->sh->capacity) {
+        /*
+         * Killed pushing that node: if it was linked into a bucket taken
+         * already, the next sweep takes that bucket again; if it was not
+         * linked, the audit takes it back once no hand holds it.
+         */
+        q = ngx_presence_load(&table->sh->nodes[hand - 1].queued);
+        now = ngx_current_msec / NGX_PRESENCE_TICK;
+        ngx_presence_late(table->sh, now - (uint32_t) ((uint32_t) now - q));
+    }
+
+    __atomic_store_n(&c->hand, 0, __ATOMIC_SEQ_CST);
+}
+
+
+/*
  * Inserts under the slab mutex, so that one user never gets two slots: the
  * first tombstone on the probe path is reused (unless another process has
  * it pinned), else the empty slot that ends the path.  A reused slot goes
@@ -565,9 +620,10 @@ ngx_presence_deadline_for(ngx_msec_t timeout)
  * the invisible flag: coming back from invisible counts as a heartbeat.
  *
  * The CAS that sets QUEUED makes this heartbeat the one that pushes the
- * node.  Before it, "queued" is made recent: the audit takes a queued
- * node with an old "queued" for one lost off the wheel, and must never
- * meet that between the CAS and the push.
+ * node.  Before it, "queued" is made recent and the node is put in this
+ * process's hand until pushed: the audit takes a queued node with an old
+ * "queued" for one lost off the wheel, and must never meet that between
+ * the CAS and the push (our clock may lag the audit's: so the hand).
  *
  * A PENDING user is shown nothing of it (no seq, no event) until the
  * stores answer, or SHOW says what it chose.
@@ -577,11 +633,12 @@ static void
 ngx_presence_beat_user(ngx_presence_table_t *table, ngx_presence_node_t *node,
     uint64_t now, ngx_msec_t timeout, ngx_uint_t flags)
 {
-    uint32_t  fl, seq, deadline, dl, due;
-    uint64_t  old, new, owner;
+    uint32_t   fl, seq, deadline, dl, due;
+    uint64_t   old, new, owner, *hand;
 
     deadline = ngx_presence_deadline_for(timeout);
     old = ngx_presence_load(&node->state);
+    hand = NULL;
 
     for ( ;; ) {
         fl = ngx_presence_flags(old);
@@ -589,6 +646,11 @@ ngx_presence_beat_user(ngx_presence_table_t *table, ngx_presence_node_t *node,
         dl = deadline;
 
         if (fl & NGX_PRESENCE_RECLAIM) {
+            if (hand) {
+                __atomic_store_n(hand, 0, __ATOMIC_SEQ_CST);
+                hand = NULL;
+            }
+
             /* reclaimed meanwhile: see ngx_presence_reclaim() */
             node = ngx_presence_again(table, node);
             if (node == NULL) {
@@ -629,6 +691,13 @@ ngx_presence_beat_user(ngx_presence_table_t *table, ngx_presence_node_t *node,
             ngx_presence_queued_at(node,
                                   (uint32_t) (ngx_current_msec
                                               / NGX_PRESENCE_TICK));
+
+            if (hand == NULL) {
+                /* in hand until pushed: see the audit */
+                hand = &ngx_presence_counters(table)->hand;
+                __atomic_store_n(hand, (uint64_t) (node - table->sh->nodes)
+                                       + 1, __ATOMIC_SEQ_CST);
+            }
         }
 
         ngx_presence_hook(NGX_PRESENCE_HOOK_HEARTBEAT,
@@ -667,6 +736,10 @@ ngx_presence_beat_user(ngx_presence_table_t *table, ngx_presence_node_t *node,
         }
 
         ngx_presence_push(table, node - table->sh->nodes, due);
+    }
+
+    if (hand) {
+        __atomic_store_n(hand, 0, __ATOMIC_SEQ_CST);
     }
 
     if (seq != ngx_presence_seq(old)) {
@@ -932,7 +1005,7 @@ ngx_presence_push(ngx_presence_table_t *table, uint32_t slot,
 {
     uint32_t               head;
     uint32_t              *bucket;
-    uint64_t               tick, next, late;
+    uint64_t               tick, next;
     ngx_presence_shctx_t  *sh;
 
     sh = table->sh;
@@ -962,6 +1035,17 @@ ngx_presence_push(ngx_presence_table_t *table, uint32_t slot,
     if (__atomic_load_n(&sh->swept, __ATOMIC_SEQ_CST) < tick) {
         return;
     }
+
+    ngx_presence_late(sh, tick);
+}
+
+
+/* the sweeper is to sweep the bucket of "tick" again, and on from there */
+
+static void
+ngx_presence_late(ngx_presence_shctx_t *sh, uint64_t tick)
+{
+    uint64_t  late;
 
     late = ngx_presence_load(&sh->late);
 
@@ -1461,6 +1545,16 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
      * the push: see ngx_presence_heartbeat()).  It is in no list, so it
      * is safe to expire it or queue it again, once claimed by a CAS of
      * "queued": one party only ever pushes a node.
+     *
+     * "Queued" is a tick of the pusher's clock, which may lag ours by more
+     * than the grace (a worker that read its clock before a long stall, or
+     * before the clock jumped a turn of the wheel).  So a node in a live
+     * process's hand (a heartbeat between its CAS and its push) is not
+     * taken, nor one whose "queued", read again after the hands, is at
+     * or after a "late" hint: a push that landed in a bucket taken
+     * already (its pusher hinted it before letting go of its hand), which
+     * the next sweep takes again.  Only the sweeper clears QUEUED, so a
+     * node seen QUEUED here was set so before: its pusher's hand is seen.
      */
 
     n = ngx_max(NGX_PRESENCE_AUDIT_MIN, sh->capacity / NGX_PRESENCE_AUDIT_TICKS);
@@ -1478,6 +1572,20 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
             {
                 ngx_presence_hook(NGX_PRESENCE_HOOK_AUDIT, i);
 
+                if (ngx_presence_handed(sh, i)
+                    || ngx_presence_load(&sh->nodes[i].queued) != q)
+                {
+                    goto next;
+                }
+
+                late = ngx_presence_load(&sh->late);
+
+                if (late != NGX_PRESENCE_NO_TICK
+                    && (int32_t) ((uint32_t) late - q) <= 0)
+                {
+                    goto next;
+                }
+
                 if (ngx_presence_cas(&sh->nodes[i].queued, &q,
                                      (uint32_t) now))
                 {
@@ -1490,6 +1598,8 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
                 }
             }
         }
+
+    next:
 
         if (++i == sh->capacity) {
             i = 0;

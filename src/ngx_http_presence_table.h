@@ -151,8 +151,11 @@ typedef struct {
     uint64_t                    to_online;
     uint64_t                    to_offline;
     uint64_t                    full;
-    uint64_t                    reserved[3]; /* a cache line each; the
+    uint64_t                    reserved[2]; /* a cache line each; the
                                                 events' counters were here */
+    uint64_t                    hand;        /* not a counter: the slot + 1
+                                                of the node this process is
+                                                pushing onto the wheel */
     uint64_t                    pin;         /* not a counter: the slot + 1
                                                 this process last looked up */
 } ngx_presence_counters_t;
@@ -282,6 +285,12 @@ ngx_presence_node_t *ngx_presence_table_lookup(ngx_presence_table_t *table,
     uint32_t id);
 ngx_presence_node_t *ngx_presence_table_get(ngx_presence_table_t *table,
     uint32_t id);
+
+/*
+ * A process starts in its process slot (init_process): what the slot's
+ * last process had in hand when it was killed is let go of.
+ */
+void ngx_presence_table_init_process(ngx_presence_table_t *table);
 
 /* flags of a heartbeat */
 #define NGX_PRESENCE_SHOW            1      /* visible again (PUT online) */

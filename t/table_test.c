@@ -77,6 +77,23 @@ status_of(ngx_presence_table_t *t, uint32_t id, ngx_presence_status_t *st)
 }
 
 
+/*
+ * What a worker started in the process slot of a killed one does first
+ * (init_process): the node the dead one had in hand is let go of.
+ */
+
+static void
+respawned(ngx_presence_table_t *t, ngx_int_t slot)
+{
+    ngx_int_t  mine;
+
+    mine = ngx_process_slot;
+    ngx_process_slot = slot;
+    ngx_presence_table_init_process(t);
+    ngx_process_slot = mine;
+}
+
+
 /* a pid that surely belongs to no process: a child that has exited */
 
 static ngx_pid_t
@@ -520,6 +537,7 @@ test_concurrency(void)
     kill(victim, SIGKILL);
     waitpid(victim, NULL, 0);
     (void) ngx_atomic_cmp_set(test_pool->mutex.lock, victim, 0);
+    respawned(&t, 5);
 
     ngx_pid = getpid();
     random_ops(&t, clock, 100000, 1);
@@ -816,6 +834,152 @@ test_audit_race(void)
 
 
 /*
+ * The audit of a process whose clock is a turn of the wheel (and its
+ * grace) ahead of a heartbeat's: the heartbeat read its clock before a
+ * stall (or the clock jumped, as the stress test's ticker makes it), so
+ * the "queued" it wrote looks old to the audit.  Found by the stress test
+ * (a user linked twice, "points to itself"): the audit took the node
+ * between the heartbeat's CAS and its push, expired it, and the heartbeat
+ * pushed it all the same.  Two interleavings, each driven here with a
+ * forked auditor in another process slot:
+ *
+ *   1. the audit between the heartbeat's CAS and its push (the node is
+ *      in the heartbeat's process's hand);
+ *   2. a push whose "swept" was read before the auditor's sweep jumped:
+ *      it lands in a bucket taken already (and hints "late"), and the
+ *      audit of that same sweep meets it after the heartbeat let go of
+ *      it and moved on to another user.
+ */
+
+static int                    skew_pipe[2][2];
+static ngx_uint_t             skew_point;
+static uint32_t               skew_slot;
+static ngx_msec_t             skew_clock;
+static ngx_pid_t              skew_child;
+
+
+static void
+skew_child_hook(ngx_uint_t point, uint32_t slot)
+{
+    char  c;
+
+    if (point == NGX_PRESENCE_HOOK_AUDIT && slot == skew_slot) {
+        /* the node seen lost: the heartbeat finishes meanwhile */
+        c = 'a';
+        (void) !write(skew_pipe[0][1], &c, 1);
+        (void) !read(skew_pipe[1][0], &c, 1);
+    }
+}
+
+
+static void
+skew_hook(ngx_uint_t point, uint32_t slot)
+{
+    char  c;
+
+    if (point != skew_point || slot != skew_slot || skew_child) {
+        return;
+    }
+
+    skew_child = fork();
+
+    if (skew_child == 0) {
+        /* another worker, its clock a turn of the wheel ahead */
+        ngx_pid = getpid();
+        ngx_process_slot = 1;
+        stub_set_clock(skew_clock);
+        ngx_presence_table_hook = (skew_point == NGX_PRESENCE_HOOK_PUSH)
+                                  ? skew_child_hook : NULL;
+        race_table->sh->audit = skew_slot;
+        (void) ngx_presence_sweep(race_table, ngx_pid);
+        _exit(0);
+    }
+
+    if (skew_point == NGX_PRESENCE_HOOK_QUEUED) {
+        /* the whole sweep, audit included, between the CAS and the push */
+        waitpid(skew_child, NULL, 0);
+
+    } else {
+        /* its buckets taken, at the audit of this node */
+        (void) !read(skew_pipe[0][0], &c, 1);
+    }
+}
+
+
+static void
+test_audit_skew(void)
+{
+    char                    c, name[200];
+    ngx_uint_t              pass, lost;
+    ngx_msec_t              now;
+    ngx_presence_node_t    *node;
+    ngx_presence_table_t    t;
+    ngx_presence_status_t   st;
+    static const char      *cases[] = {
+        "a heartbeat between its CAS and its push",
+        "a push into a bucket the sweep had taken, the pusher gone on" };
+
+    for (pass = 0; pass < 2; pass++) {
+        stub_set_clock(3000000);
+        new_table(&t, 8 * 1024 * 1024);
+
+        if (pipe(skew_pipe[0]) != 0 || pipe(skew_pipe[1]) != 0) {
+            printf("Bail out! pipe\n");
+            exit(1);
+        }
+
+        now = ngx_current_msec;
+        node = ngx_presence_table_get(&t, 51);
+        skew_slot = node - t.sh->nodes;
+        skew_point = pass ? NGX_PRESENCE_HOOK_PUSH : NGX_PRESENCE_HOOK_QUEUED;
+        skew_clock = now + NGX_PRESENCE_TICK * (NGX_PRESENCE_WHEEL + 40);
+        skew_child = 0;
+        race_table = &t;
+        ngx_presence_table_hook = skew_hook;
+
+        ngx_presence_heartbeat(&t, node, 1764303000000, 1000, 0);
+
+        ngx_presence_table_hook = NULL;
+
+        if (pass == 1) {
+            /* the heartbeat's process goes on to another user */
+            (void) ngx_presence_table_get(&t, 52);
+            c = 'h';
+            (void) !write(skew_pipe[1][1], &c, 1);
+            waitpid(skew_child, NULL, 0);
+        }
+
+        snprintf(name, sizeof(name), "skewed audit, %s: it ran", cases[pass]);
+        ok(skew_child > 0, name);
+
+        snprintf(name, sizeof(name), "skewed audit, %s: the user is in the "
+                 "wheel once and queued", cases[pass]);
+        ok(wheel_check(&t, cases[pass], 0, NULL, &lost) == 0 && lost == 0,
+           name);
+
+        /* a heartbeat more: a node taken by the audit would be pushed */
+        node = ngx_presence_table_get(&t, 51);
+        ngx_presence_heartbeat(&t, node, 1764303000500, 1000, 0);
+
+        snprintf(name, sizeof(name), "skewed audit, %s: still once after "
+                 "the next heartbeat", cases[pass]);
+        ok(wheel_check(&t, cases[pass], 0, NULL, &lost) == 0 && lost == 0,
+           name);
+
+        snprintf(name, sizeof(name), "skewed audit, %s: the sweeps past "
+                 "its deadline return, the user offline", cases[pass]);
+        ok(sweep_bounded(&t, skew_clock + 1500, 5000)
+           && status_of(&t, 51, &st) && !st.online && st.seq == 2, name);
+
+        close(skew_pipe[0][0]);
+        close(skew_pipe[0][1]);
+        close(skew_pipe[1][0]);
+        close(skew_pipe[1][1]);
+    }
+}
+
+
+/*
  * The sweep's safety net: a node linked to itself in its bucket (what a
  * double push left) does not make the sweep loop for ever.
  */
@@ -958,10 +1122,14 @@ test_stress(void)
     printf("# wheel stress: %u s, seed %lu (PRESENCE_STRESS_SEED=%lu "
            "replays it)\n", (unsigned) seconds, seed, seed);
 
-    /* every sweep audits the whole table: NGX_PRESENCE_AUDIT_MIN slots */
-    new_table(&t, 256 * 1024);
+    /*
+     * Every sweep audits the whole table (NGX_PRESENCE_AUDIT_MIN slots),
+     * and the users fit without pressure (no eviction, no slot reused:
+     * the wheel is what is stressed).
+     */
+    new_table(&t, 272 * 1024);
 
-    if (t.sh->max_users < STRESS_USERS || t.sh->capacity > 1024) {
+    if (t.sh->max_users < STRESS_USERS * 10 / 8 || t.sh->capacity > 1024) {
         printf("Bail out! stress table of %u slots\n", t.sh->capacity);
         exit(1);
     }
@@ -1005,6 +1173,9 @@ test_stress(void)
         /* the slab mutex of a dead holder, as nginx's master frees it */
         (void) ngx_atomic_cmp_set(test_pool->mutex.lock, pids[victim], 0);
         pids[victim] = 0;
+
+        /* its slot's next process lets go of what it had in hand */
+        respawned(&t, victim);
 
         if (ss->hand[victim]) {
             spared[ss->hand[victim] - 1] = 1;
@@ -2373,6 +2544,7 @@ main(void)
     test_concurrency();
     test_dirty_marks();
     test_audit_race();
+    test_audit_skew();
     test_broken_bucket();
     test_stress();
     test_full_of_gone_users();
