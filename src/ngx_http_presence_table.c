@@ -472,8 +472,8 @@ ngx_presence_table_init_process(ngx_presence_table_t *table)
  * Inserts under the slab mutex, so that one user never gets two slots: the
  * first tombstone on the probe path is reused (unless another process has
  * it pinned), else the empty slot that ends the path.  A reused slot goes
- * on with the seq of the user it held, plus 2 (seq stays even while
- * offline): no state, and no seq a store was told of, comes back in it.
+ * on with the seq of the user it held, plus 2: no state, and no seq a
+ * store was told of, comes back in it.
  * At max_users the longest offline clean user of a sample goes first.
  */
 
@@ -754,8 +754,8 @@ ngx_presence_beat_user(ngx_presence_table_t *table, ngx_presence_node_t *node,
 
 /*
  * Going invisible hides an online user at once, last seen now.  Of a user
- * offline already only the stores are told (publish 0); seq moves by 2 so
- * that it stays even while offline, odd while online.
+ * offline already only the stores are told (publish 0): seq + 1 all the
+ * same, so that the stores' marks of the older state are cleared by it.
  */
 
 void
@@ -788,7 +788,7 @@ ngx_presence_hide(ngx_presence_table_t *table, ngx_presence_node_t *node,
         }
 
         publish = ngx_presence_visible(fl);
-        seq += publish ? 1 : 2;
+        seq++;
 
         if (fl & NGX_PRESENCE_REPLICA) {
             /* a takeover: heartbeats here will make it active */
@@ -2211,6 +2211,12 @@ ngx_presence_claimed(ngx_presence_table_t *table, ngx_presence_node_t *node,
     ch.invisible = (ngx_presence_flags(state) & NGX_PRESENCE_INVISIBLE) != 0;
     ch.publish = 1;
     ch.claim = claim;
+    ch.devices.n = 0;
+    ch.devices.idle = 0;
+
+    if (ch.online) {
+        ngx_presence_devices_of(table, node, &ch.devices);
+    }
 
     if (table->changed) {
         table->changed(table, &ch);
@@ -2318,14 +2324,11 @@ ours:
     /*
      * The user heartbeats here, more recently than that change: the other
      * node's change is stale (its log lagged past our takeover).  Ours is
-     * written again above it, the parity of seq kept (odd: online).
+     * written again above it, at the next seq: a change for every node
+     * and stream that saw the stale one.
      */
 
     seq = rp->seq + 1;
-
-    if ((seq & 1) != (ngx_presence_visible(fl) ? 1 : 0)) {
-        seq++;
-    }
 
     new = ngx_presence_state(seq, ngx_presence_deadline(old),
                              fl | (ngx_presence_seq(old) != seq
@@ -2854,9 +2857,9 @@ ngx_presence_devices_of(ngx_presence_table_t *table,
 
 
 /*
- * A visible user's devices or activity changed: seq + 2 (its parity says
- * online, see ngx_presence_apply()), published and synced.  Nothing for a
- * user not visibly online: its devices are not shown.
+ * A visible user's devices or activity changed: seq + 1, published and
+ * synced.  Nothing for a user not visibly online: its devices are not
+ * shown.
  */
 
 static void
@@ -2876,7 +2879,7 @@ ngx_presence_bump(ngx_presence_table_t *table, ngx_presence_node_t *node)
             return;
         }
 
-        new = ngx_presence_state(ngx_presence_seq(old) + 2,
+        new = ngx_presence_state(ngx_presence_seq(old) + 1,
                                  ngx_presence_deadline(old),
                                  fl | NGX_PRESENCE_DIRTY);
 

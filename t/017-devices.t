@@ -1,7 +1,7 @@
 # Devices and idle (issue 14 items 1, 2): heartbeats name their device
 # (?device=, default "default"); an online user's status and events carry
 # "activity" and the sorted "devices" online now; a change of that set, and
-# active <-> idle, is one event with a new seq, plain heartbeats none; idle
+# active <-> idle, is one event with seq + 1, plain heartbeats none; idle
 # after idle=1 heartbeats of every device, or after presence_idle_timeout
 # without an active one, active again at the next active heartbeat; the
 # gateway's device, idle and gone; bad names; the oldest device replaced.
@@ -79,10 +79,10 @@ $main::sse = sse_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::SSE)
 [204, 204, 204, 204, 204, 200, 204, 204, 200, 200, 204]
 --- response_body_like eval
 [(qr/^$/) x 5,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["phone","web"\]\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":2,"activity":"active","devices":\["phone","web"\]\}$/,
  qr/^$/, qr/^$/,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":5,"activity":"active","devices":\["web"\]\}$/,
- qr/^\{"statuses":\[\{"id":1001,"status":"online","last_seen":\d{13},"seq":5,"activity":"active","devices":\["web"\]\}\]\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["web"\]\}$/,
+ qr/^\{"statuses":\[\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["web"\]\}\]\}$/,
  qr/^$/]
 --- no_error_log
 [alert]
@@ -95,8 +95,8 @@ $main::sse = sse_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::SSE)
 --- init
 sse_stop($main::sse);
 Test::More::is_deeply(main::events_of($main::SSE, \&sse_read),
-    ['online/1/active/web', 'online/3/active/phone,web',
-     'online/5/active/web'], 'the events')
+    ['online/1/active/web', 'online/2/active/phone,web',
+     'online/3/active/web'], 'the events: seq + 1 each')
     or Test::More::diag(Test::More::explain(main::events_of($main::SSE, \&sse_read)));
 --- request
 GET /pause
@@ -128,13 +128,13 @@ $main::ws = ws_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::WS);
 [qr/^$/, qr/^$/,
  qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1,"activity":"idle","devices":\["web"\]\}$/,
  qr/^$/, qr/^$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"idle","devices":\["phone","web"\]\}$/,
+ qr/^$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":4,"activity":"active","devices":\["phone","web"\]\}$/,
+ qr/^$/,
  qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":5,"activity":"idle","devices":\["phone","web"\]\}$/,
- qr/^$/,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":7,"activity":"active","devices":\["phone","web"\]\}$/,
- qr/^$/,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":9,"activity":"idle","devices":\["phone","web"\]\}$/,
  qr/^$/, qr/^$/,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":11,"activity":"active","devices":\["phone","web"\]\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":6,"activity":"active","devices":\["phone","web"\]\}$/,
  qr/^$/]
 --- no_error_log
 [alert]
@@ -147,9 +147,10 @@ $main::ws = ws_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::WS);
 --- init
 ws_stop($main::ws);
 Test::More::is_deeply(main::events_of($main::WS, \&ws_read),
-    ['online/1/idle/web', 'online/3/active/phone,web',
-     'online/5/idle/phone,web', 'online/7/active/phone,web',
-     'online/9/idle/phone,web', 'online/11/active/phone,web'], 'the events')
+    ['online/1/idle/web', 'online/2/active/phone,web',
+     'online/3/idle/phone,web', 'online/4/active/phone,web',
+     'online/5/idle/phone,web', 'online/6/active/phone,web'],
+    'the events: seq + 1 each')
     or Test::More::diag(Test::More::explain(main::events_of($main::WS, \&ws_read)));
 --- request
 GET /pause
@@ -217,9 +218,9 @@ pg_reset(users => [[1001, 'alice']], subs => []);
 [204, 204, 204, 204, 204, 204, 200, 204, 200]
 --- response_body_like eval
 [(qr/^$/) x 6,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":5,"activity":"active","devices":\["phone","tablet","web"\]\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["phone","tablet","web"\]\}$/,
  qr/^$/,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":7,"activity":"active","devices":\["desktop","phone","tablet"\]\}$/]
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":4,"activity":"active","devices":\["desktop","phone","tablet"\]\}$/]
 --- no_error_log
 [alert]
 [crit]
@@ -244,7 +245,7 @@ pg_reset(users => [[1001, 'alice'], [1003, 'carol'], [1004, 'dan']],
 [204, 204, 204, 204, 200]
 --- response_body_like eval
 [qr/^$/, qr/^$/, qr/^$/, qr/^$/,
- qr/^\{"statuses":\[\{"id":1001,"status":"online","last_seen":\d{13},"seq":5,"activity":"active","devices":\["web"\]\},\{"id":1003,"status":"online","last_seen":\d{13},"seq":3,"activity":"idle","devices":\["ws"\]\},\{"id":1004,"status":"online","last_seen":\d{13},"seq":1,"activity":"idle","devices":\["ws"\]\}\]\}$/]
+ qr/^\{"statuses":\[\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["web"\]\},\{"id":1003,"status":"online","last_seen":\d{13},"seq":2,"activity":"idle","devices":\["ws"\]\},\{"id":1004,"status":"online","last_seen":\d{13},"seq":1,"activity":"idle","devices":\["ws"\]\}\]\}$/]
 --- no_error_log
 [alert]
 [crit]
