@@ -249,3 +249,33 @@ pg_reset(users => [[1001, 'alice'], [1003, 'carol'], [1004, 'dan']],
 --- no_error_log
 [alert]
 [crit]
+
+
+
+=== TEST 9: PUT /v1/status "online" is a heartbeat of its ?device= (default "default"); a bad one is 400
+--- config eval: $::CONFIG
+--- init
+pg_reset(users => [[1001, 'alice']], subs => []);
+--- request eval
+["POST /v1/heartbeat?device=web",
+ "PUT /v1/status?device=web\n{\"status\": \"offline\"}",
+ "PUT /v1/status?device=web\n{\"status\": \"online\"}",
+ "GET /v1/status/1001",
+ "PUT /v1/status?device=Web\n{\"status\": \"online\"}",
+ "PUT /v1/status?device=web&idle=1\n{\"status\": \"online\"}",
+ "GET /v1/status/1001"]
+--- more_headers eval
+[(bearer(1001)) x 7]
+--- error_code eval
+[204, 200, 200, 200, 400, 200, 200]
+--- response_body_like eval
+[qr/^$/,
+ qr/^\{"id":1001,"status":"offline","last_seen":\d{13},"seq":2\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["web"\]\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["web"\]\}$/,
+ error_like('bad_request'),
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":4,"activity":"idle","devices":\["web"\]\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":4,"activity":"idle","devices":\["web"\]\}$/]
+--- no_error_log
+[alert]
+[crit]
