@@ -175,6 +175,8 @@ static void ngx_presence_cluster_message(ngx_presence_cluster_t *cl,
     rd_kafka_message_t *m);
 static ngx_int_t ngx_presence_cluster_parse(ngx_presence_cluster_t *cl,
     rd_kafka_message_t *m, ngx_presence_replica_t *rp);
+static ngx_int_t ngx_presence_cluster_devices(ngx_presence_cluster_t *cl,
+    json_t *root, ngx_presence_replica_t *rp);
 static void ngx_presence_cluster_caught_up(ngx_presence_cluster_t *cl);
 static void ngx_presence_cluster_error(rd_kafka_t *rk, int err,
     const char *reason, void *opaque);
@@ -187,8 +189,6 @@ static void ngx_presence_cluster_subs_message(ngx_presence_cluster_t *cl,
     rd_kafka_message_t *m);
 static ngx_int_t ngx_presence_cluster_note_start(ngx_presence_cluster_t *cl);
 static void ngx_presence_cluster_note_handler(ngx_event_t *ev);
-static ngx_int_t ngx_presence_cluster_devices(ngx_presence_cluster_t *cl,
-    json_t *root, ngx_presence_replica_t *rp);
 static void ngx_presence_cluster_note_stop(void);
 static void ngx_presence_cluster_note_dr(rd_kafka_t *rk,
     const rd_kafka_message_t *m, void *opaque);
@@ -1101,7 +1101,8 @@ ngx_presence_cluster_devices(ngx_presence_cluster_t *cl, json_t *root,
         return NGX_OK;
     }
 
-    if (!json_is_array(list) || json_array_size(list) > NGX_PRESENCE_DEVICES_MAX)
+    if (!json_is_array(list)
+        || json_array_size(list) > NGX_PRESENCE_DEVICES_MAX)
     {
         return NGX_ERROR;
     }
