@@ -48,6 +48,7 @@
 #define NGX_HTTP_PRESENCE_STREAM        7
 #define NGX_HTTP_PRESENCE_EVENTS_TICKET 8
 #define NGX_HTTP_PRESENCE_GATEWAY       9
+#define NGX_HTTP_PRESENCE_LEAVE         10
 
 /* presence_gateway_max: ids in one POST /v1/presence, default and limit */
 #define NGX_HTTP_PRESENCE_GATEWAY_MAX   10000
@@ -67,7 +68,7 @@
 #define NGX_HTTP_PRESENCE_LISTS         3
 
 /* a device name: 1..16 of [a-z0-9_-] */
-#define NGX_HTTP_PRESENCE_DEVICE_LEN    16
+#define NGX_HTTP_PRESENCE_DEVICE_LEN    NGX_PRESENCE_DEVICE_LEN
 
 /* the longest message a gateway body's 400 has */
 #define NGX_HTTP_PRESENCE_GATEWAY_ERR_LEN  128
@@ -112,6 +113,9 @@ typedef struct {
     ngx_msec_t                  max_timeout;  /* longest, 0: none set */
     ngx_msec_t                  retain;       /* presence_retain */
     ngx_presence_cluster_t     *cluster;      /* NULL: a single node */
+    ngx_int_t                   devices;      /* presence_devices */
+    ngx_msec_t                  idle_timeout;
+    ngx_msec_t                  grace;        /* presence_offline_grace */
 } ngx_http_presence_main_conf_t;
 
 
@@ -231,7 +235,22 @@ ngx_int_t ngx_http_presence_gateway_handler(ngx_http_request_t *r);
 
 /* status.c: a heartbeat answered 204, the stream hooks' too */
 ngx_int_t ngx_http_presence_beat(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf, uint32_t uid);
+    ngx_http_presence_loc_conf_t *plcf, uint32_t uid, uint32_t device,
+    ngx_uint_t flags);
+
+/* devices.c */
+ngx_int_t ngx_http_presence_leave_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_presence_device_valid(u_char *p, size_t len);
+ngx_int_t ngx_http_presence_device_arg(ngx_http_request_t *r,
+    uint32_t *device, ngx_uint_t *flags);
+ngx_int_t ngx_http_presence_bad_device(ngx_http_request_t *r);
+void ngx_http_presence_device_beat(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t uid, ngx_msec_t timeout,
+    ngx_uint_t flags, uint32_t device, ngx_log_t *log);
+void ngx_http_presence_device_leave(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t uid, uint32_t device,
+    ngx_uint_t stream, ngx_log_t *log);
+
 
 /* parse.c */
 ngx_int_t ngx_http_presence_parse_ids(ngx_http_request_t *r, ngx_str_t *arg,

@@ -177,6 +177,8 @@ static void ngx_presence_cluster_message(ngx_presence_cluster_t *cl,
     rd_kafka_message_t *m);
 static ngx_int_t ngx_presence_cluster_parse(ngx_presence_cluster_t *cl,
     rd_kafka_message_t *m, ngx_presence_replica_t *rp);
+static ngx_int_t ngx_presence_cluster_devices(ngx_presence_cluster_t *cl,
+    json_t *root, ngx_presence_replica_t *rp);
 static void ngx_presence_cluster_caught_up(ngx_presence_cluster_t *cl);
 static void ngx_presence_cluster_error(rd_kafka_t *rk, int err,
     const char *reason, void *opaque);
@@ -1077,6 +1079,54 @@ ngx_presence_cluster_consume(ngx_presence_cluster_t *cl)
 }
 
 
+/*
+ * "activity" and "devices" of an online user's message (none in an older
+ * node's: no devices shown), the names interned here.
+ */
+
+static ngx_int_t
+ngx_presence_cluster_devices(ngx_presence_cluster_t *cl, json_t *root,
+    ngx_presence_replica_t *rp)
+{
+    size_t       i, len;
+    json_t      *list, *v;
+    const char  *s;
+
+    rp->devices.n = 0;
+    rp->devices.idle = 0;
+
+    s = json_string_value(json_object_get(root, "activity"));
+    rp->devices.idle = (s && ngx_strcmp(s, "idle") == 0);
+
+    list = json_object_get(root, "devices");
+    if (list == NULL) {
+        return NGX_OK;
+    }
+
+    if (!json_is_array(list)
+        || json_array_size(list) > NGX_PRESENCE_DEVICES_MAX)
+    {
+        return NGX_ERROR;
+    }
+
+    json_array_foreach(list, i, v) {
+        s = json_string_value(v);
+        len = json_string_length(v);
+
+        if (s == NULL
+            || ngx_http_presence_device_valid((u_char *) s, len) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rp->devices.names[rp->devices.n++] =
+            (uint16_t) ngx_presence_device_id(cl->table, (u_char *) s, len);
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_presence_cluster_message(ngx_presence_cluster_t *cl, rd_kafka_message_t *m)
 {
@@ -1266,6 +1316,10 @@ ngx_presence_cluster_parse(ngx_presence_cluster_t *cl, rd_kafka_message_t *m,
         rp->online = 0;
 
     } else {
+        goto invalid;
+    }
+
+    if (ngx_presence_cluster_devices(cl, root, rp) != NGX_OK) {
         goto invalid;
     }
 

@@ -57,8 +57,10 @@
     ((status) == 500 || ((status) >= 502 && (status) <= 504)                 \
      || (status) == 507)
 
-/* in ngx_presence_event_t.last_seen: the event is "online" */
+/* in ngx_presence_event_t.last_seen: the event is "online", "idle" */
 #define NGX_PRESENCE_EVENT_ONLINE     0x8000000000000000ULL
+#define NGX_PRESENCE_EVENT_IDLE       0x4000000000000000ULL
+#define NGX_PRESENCE_EVENT_FLAGS      0xc000000000000000ULL
 
 
 /* response parser states */
@@ -97,6 +99,8 @@ typedef struct {
     uint64_t                    last_seen;   /* | NGX_PRESENCE_EVENT_ONLINE */
     uint32_t                    id;
     uint32_t                    seq;
+    uint16_t                    devices[NGX_PRESENCE_DEVICES_MAX];
+                                             /* name ids, 0 ends */
 } ngx_presence_event_t;
 
 
@@ -468,8 +472,12 @@ ngx_presence_events_publish(ngx_presence_events_t *pe,
     e = &pe->ring[(pe->head + pe->n) % pe->size];
     e->id = ch->id;
     e->seq = ch->seq;
-    e->last_seen = ch->last_seen | (ch->online ? NGX_PRESENCE_EVENT_ONLINE
-                                               : 0);
+    e->last_seen = ch->last_seen
+                   | (ch->online ? NGX_PRESENCE_EVENT_ONLINE : 0)
+                   | (ch->devices.idle ? NGX_PRESENCE_EVENT_IDLE : 0);
+    ngx_memzero(e->devices, sizeof(e->devices));
+    ngx_memcpy(e->devices, ch->devices.names,
+               ch->devices.n * sizeof(uint16_t));
     pe->n++;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pe->log, 0,
@@ -687,9 +695,10 @@ ngx_presence_events_send(ngx_presence_events_t *pe)
 static void
 ngx_presence_events_fill(ngx_presence_events_t *pe)
 {
-    u_char                *p, json[NGX_PRESENCE_JSON_LEN];
-    ngx_buf_t             *b;
-    ngx_presence_event_t  *e;
+    u_char                  *p, json[NGX_PRESENCE_JSON_LEN];
+    ngx_buf_t               *b;
+    ngx_presence_event_t    *e;
+    ngx_presence_devices_t   d;
 
     b = pe->out;
 
@@ -699,10 +708,20 @@ ngx_presence_events_fill(ngx_presence_events_t *pe)
     {
         e = &pe->ring[(pe->head + pe->sent) % pe->size];
 
-        p = ngx_presence_json(json, e->id,
-                              (e->last_seen & NGX_PRESENCE_EVENT_ONLINE) != 0,
-                              e->last_seen & ~NGX_PRESENCE_EVENT_ONLINE,
-                              e->seq);
+        d.idle = (e->last_seen & NGX_PRESENCE_EVENT_IDLE) != 0;
+
+        for (d.n = 0;
+             d.n < NGX_PRESENCE_DEVICES_MAX && e->devices[d.n];
+             d.n++)
+        {
+            d.names[d.n] = e->devices[d.n];
+        }
+
+        p = ngx_presence_status_json(json, pe->table, e->id,
+                                     (e->last_seen & NGX_PRESENCE_EVENT_ONLINE)
+                                     != 0,
+                                     e->last_seen & ~NGX_PRESENCE_EVENT_FLAGS,
+                                     e->seq, &d);
 
         b->last = ngx_sprintf(b->last,
                               "POST %V" NGX_PRESENCE_CHANNEL_PREFIX "%uD "

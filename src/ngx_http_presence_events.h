@@ -26,13 +26,13 @@
  * sweep of one worker) is published whole.  The bound is queue= of
  * presence_publish, by default the users the zone holds plus
  * NGX_PRESENCE_EVENTS_QUEUE.  An entry takes NGX_PRESENCE_EVENT_SIZE bytes
- * of the worker's own memory, only while that many events wait: 16 MB a
+ * of the worker's own memory, only while that many events wait: 32 MB a
  * million events.
  */
 #define NGX_PRESENCE_EVENTS_QUEUE        1048576
 #define NGX_PRESENCE_EVENTS_QUEUE_START  1024
 #define NGX_PRESENCE_EVENTS_QUEUE_MAX    16777216
-#define NGX_PRESENCE_EVENT_SIZE          16
+#define NGX_PRESENCE_EVENT_SIZE          32
 
 
 typedef struct ngx_presence_events_s  ngx_presence_events_t;

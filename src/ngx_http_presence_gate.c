@@ -664,9 +664,14 @@ ngx_http_presence_lookup(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
             if (ngx_presence_table_peek(table, id, &st) == NGX_OK) {
                 seen->seq = st.seq;
 
-                if (st.online || st.last_seen) {
+                if (st.online) {
+                    /* its devices are read with it when it is written */
+                    continue;
+                }
+
+                if (st.last_seen) {
                     seen->last_seen = st.last_seen;
-                    seen->online = st.online ? 1 : 0;
+                    seen->online = 0;
                     seen->held = 1;
                     continue;
                 }

@@ -198,9 +198,9 @@ ngx_http_presence_gateway_limit(ngx_http_presence_loc_conf_t *plcf)
 
 /*
  * The report applied, each id as its single-user call would: a heartbeat
- * of this location's timeout for "online" and "idle" (idle is not told
- * apart until devices are), ngx_presence_leave() for "gone" (a user the
- * table does not hold is offline already).  The table's change callback
+ * of the report's device with this location's timeout for "online", an
+ * idle one for "idle", that device leaving for "gone" (a user the table
+ * does not hold is offline already).  The table's change callback
  * publishes, writes behind and replicates; plain refreshes cost nothing.
  */
 
@@ -209,8 +209,7 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf, ngx_http_presence_report_t *rep)
 {
     u_char                 msg[NGX_HTTP_PRESENCE_GATEWAY_ERR_LEN];
-    uint32_t              *ids;
-    uint64_t               now;
+    uint32_t              *ids, device;
     ngx_uint_t             list, i, n, beats, refused;
     ngx_presence_node_t   *node;
     ngx_presence_table_t  *table;
@@ -218,7 +217,7 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
     static time_t          logged;
 
     table = ngx_http_presence_table(r);
-    now = ngx_presence_now_ms();
+    device = ngx_presence_device_id(table, rep->device.data, rep->device.len);
     beats = 0;
     refused = 0;
 
@@ -236,7 +235,10 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
                 continue;
             }
 
-            ngx_presence_heartbeat(table, node, now, plcf->timeout, 0);
+            ngx_http_presence_device_beat(table, node, ids[i], plcf->timeout,
+                                          list == NGX_HTTP_PRESENCE_IDLE
+                                          ? NGX_PRESENCE_BEAT_IDLE : 0,
+                                          device, r->connection->log);
             beats++;
         }
     }
@@ -250,7 +252,8 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
         node = ngx_presence_table_lookup(table, ids[i]);
 
         if (node) {
-            ngx_presence_leave(table, node, now);
+            ngx_http_presence_device_leave(table, node, ids[i], device, 0,
+                                           r->connection->log);
         }
     }
 

@@ -13,12 +13,19 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include "ngx_http_presence_table.h"
 
+
+/* ,"activity":"active","devices":["...",...] */
+#define NGX_PRESENCE_DEVICES_JSON_LEN                                         \
+    (sizeof(",\"activity\":\"active\",\"devices\":[]") - 1                 \
+     + NGX_PRESENCE_DEVICES_MAX * (NGX_PRESENCE_DEVICE_LEN + 3))
 
 /* {"id":4294967295,"status":"offline","last_seen":...,"seq":4294967295} */
 #define NGX_PRESENCE_JSON_LEN                                                 \
     (sizeof("{\"id\":,\"status\":\"offline\",\"last_seen\":,\"seq\":}") - 1   \
-     + NGX_INT32_LEN + NGX_INT64_LEN + NGX_INT32_LEN)
+     + NGX_INT32_LEN + NGX_INT64_LEN + NGX_INT32_LEN                         \
+     + NGX_PRESENCE_DEVICES_JSON_LEN)
 
 
 /*

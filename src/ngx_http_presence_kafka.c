@@ -54,6 +54,10 @@ struct ngx_presence_kafka_s {
     ngx_presence_kafka_headers_pt  headers;
     void                          *headers_data;
 
+    ngx_presence_kafka_json_pt  json;        /* a change's JSON, NULL:
+                                                ngx_presence_json()'s */
+    void                       *json_data;
+
     ngx_uint_t                  inflight;
     ngx_uint_t                  delivered;
     ngx_uint_t                  errors;
@@ -587,6 +591,15 @@ ngx_presence_kafka_topic(ngx_presence_kafka_t *kf)
  * when the user's heartbeats move to them (doc/cluster.md).
  */
 
+void
+ngx_presence_kafka_set_json(ngx_presence_kafka_t *kf,
+    ngx_presence_kafka_json_pt json, void *data)
+{
+    kf->json = json;
+    kf->json_data = data;
+}
+
+
 ngx_uint_t
 ngx_presence_kafka_logs_hidden(ngx_presence_kafka_t *kf)
 {
@@ -882,11 +895,13 @@ ngx_presence_kafka_sink_dr(void *data, uint64_t opaque, ngx_int_t rc)
 static ngx_int_t
 ngx_presence_kafka_sink_send(ngx_presence_batch_t *b)
 {
-    u_char                *k, *v;
-    u_char                 key[NGX_INT32_LEN], json[NGX_PRESENCE_JSON_LEN];
-    ngx_presence_entry_t  *e;
+    u_char                 *k, *v;
+    u_char                  key[NGX_INT32_LEN], json[NGX_PRESENCE_JSON_LEN];
+    ngx_presence_kafka_t   *kf;
+    ngx_presence_entry_t   *e;
 
     e = b->entry;
+    kf = b->store;
 
     if (!(e->item.flags & NGX_PRESENCE_RING_PUBLISH)
         && !ngx_presence_kafka_logs_hidden(b->store))
@@ -896,9 +911,17 @@ ngx_presence_kafka_sink_send(ngx_presence_batch_t *b)
     }
 
     k = ngx_sprintf(key, "%uD", e->item.id);
-    v = ngx_presence_json(json, e->item.id,
-                          e->item.flags & NGX_PRESENCE_RING_ONLINE,
-                          e->item.last_seen, e->item.seq);
+
+    if (kf->json) {
+        v = kf->json(kf->json_data, json, e->item.id,
+                     e->item.flags & NGX_PRESENCE_RING_ONLINE,
+                     e->item.last_seen, e->item.seq);
+
+    } else {
+        v = ngx_presence_json(json, e->item.id,
+                              e->item.flags & NGX_PRESENCE_RING_ONLINE,
+                              e->item.last_seen, e->item.seq);
+    }
 
     /* the cluster's headers (doc/cluster.md); NGX_DECLINED: not logged */
     return ngx_presence_kafka_produce_change(b->store, key, k - key, json,

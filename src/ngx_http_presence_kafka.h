@@ -103,6 +103,16 @@ ngx_int_t ngx_presence_kafka_produce_change(ngx_presence_kafka_t *kf,
 ngx_uint_t ngx_presence_kafka_logs_hidden(ngx_presence_kafka_t *kf);
 
 /*
+ * The JSON of a change (NGX_PRESENCE_JSON_LEN bytes at most), the end of
+ * it returned: the module's adds an online user's devices
+ */
+typedef u_char *(*ngx_presence_kafka_json_pt)(void *data, u_char *p,
+    uint32_t id, ngx_uint_t online, uint64_t last_seen, uint32_t seq);
+
+void ngx_presence_kafka_set_json(ngx_presence_kafka_t *kf,
+    ngx_presence_kafka_json_pt json, void *data);
+
+/*
  * For a consumer of the same brokers (a rd_kafka_conf_t *): the
  * operator's properties that say how to reach them (security.*, ssl.*,
  * sasl.*), as given to presence_kafka.  NGX_ERROR: errstr says why.

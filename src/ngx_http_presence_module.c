@@ -93,6 +93,8 @@ static void ngx_http_presence_pending(ngx_presence_table_t *table,
 static void ngx_http_presence_changed(ngx_presence_table_t *table,
     ngx_presence_change_t *ch);
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
+static u_char *ngx_http_presence_kafka_json(void *data, u_char *p,
+    uint32_t id, ngx_uint_t online, uint64_t last_seen, uint32_t seq);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
 
 
@@ -107,6 +109,10 @@ static ngx_conf_post_handler_pt  ngx_http_presence_ticket_ttl_p =
 
 static ngx_conf_num_bounds_t  ngx_http_presence_gateway_max_bounds = {
     ngx_conf_check_num_bounds, 1, NGX_HTTP_PRESENCE_GATEWAY_LIMIT
+};
+
+static ngx_conf_num_bounds_t  ngx_http_presence_devices_bounds = {
+    ngx_conf_check_num_bounds, 1, NGX_PRESENCE_DEVICES_MAX
 };
 
 
@@ -310,6 +316,34 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       offsetof(ngx_http_presence_main_conf_t, retain),
       NULL },
 
+    { ngx_string("presence_devices"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, devices),
+      &ngx_http_presence_devices_bounds },
+
+    { ngx_string("presence_idle_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, idle_timeout),
+      NULL },
+
+    { ngx_string("presence_offline_grace"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, grace),
+      NULL },
+
+    { ngx_string("presence_leave"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_LEAVE,
+      NULL },
+
     { ngx_string("presence_token_ttl"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -475,6 +509,9 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
     table = pmcf->shm_zone->data;
     table->log = cycle->log;
 
+    /* a worker respawned in the slot of one that was killed */
+    ngx_presence_table_init_process(table);
+
     pmcf->sweeper.handler = ngx_http_presence_sweep_handler;
     pmcf->sweeper.data = pmcf;
     pmcf->sweeper.log = cycle->log;
@@ -632,6 +669,9 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
     pmcf->subs.max = NGX_CONF_UNSET;
     pmcf->subs.ttl = NGX_CONF_UNSET_MSEC;
     pmcf->retain = NGX_CONF_UNSET_MSEC;
+    pmcf->devices = NGX_CONF_UNSET;
+    pmcf->idle_timeout = NGX_CONF_UNSET_MSEC;
+    pmcf->grace = NGX_CONF_UNSET_MSEC;
 
     return pmcf;
 }
@@ -651,6 +691,23 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(pmcf->sync_queue, NGX_PRESENCE_SYNC_QUEUE);
     ngx_conf_init_value(pmcf->subs.max, NGX_PRESENCE_SUBS_MAX);
     ngx_conf_init_msec_value(pmcf->subs.ttl, NGX_PRESENCE_SUBS_TTL);
+    ngx_conf_init_value(pmcf->devices, NGX_PRESENCE_DEVICES);
+    ngx_conf_init_msec_value(pmcf->idle_timeout, NGX_PRESENCE_IDLE_TIMEOUT);
+    ngx_conf_init_msec_value(pmcf->grace, NGX_PRESENCE_GRACE);
+
+    if (pmcf->idle_timeout < 1000
+        || pmcf->idle_timeout > NGX_PRESENCE_IDLE_MAX)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_idle_timeout\" must be 1s..1h");
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->grace > NGX_PRESENCE_MAX_TIMEOUT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_offline_grace\" must be at most 1d");
+        return NGX_CONF_ERROR;
+    }
 
     if (pmcf->sync_interval == 0 || pmcf->pg_refresh == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -678,6 +735,15 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
         /* users offline this long go, once the stores hold their state */
         table = pmcf->shm_zone->data;
         table->retain = pmcf->retain;
+
+        if (pmcf->kafka) {
+            ngx_presence_kafka_set_json(pmcf->kafka,
+                                        ngx_http_presence_kafka_json, table);
+        }
+
+        table->devices = pmcf->devices;
+        table->idle_timeout = pmcf->idle_timeout;
+        table->grace = pmcf->grace;
         table->stores = (pmcf->pg ? NGX_PRESENCE_DIRTY_PG : 0)
                         | (pmcf->redis ? NGX_PRESENCE_DIRTY_REDIS : 0);
     }
@@ -686,15 +752,50 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
 }
 
 
+/*
+ * A Kafka message's JSON: an online user's devices as the table has them
+ * now, those of this seq or of a later change, whose message follows this
+ * one (a replica ends with the latest).
+ */
+
+static u_char *
+ngx_http_presence_kafka_json(void *data, u_char *p, uint32_t id,
+    ngx_uint_t online, uint64_t last_seen, uint32_t seq)
+{
+    ngx_presence_table_t  *table = data;
+
+    ngx_presence_status_t  st;
+
+    st.devices.n = 0;
+    st.devices.idle = 0;
+
+    if (online) {
+        (void) ngx_presence_table_peek(table, id, &st);
+    }
+
+    return ngx_presence_status_json(p, table, id, online, last_seen, seq,
+                                    &st.devices);
+}
+
+
 /* after the locations are merged: their shortest heartbeat timeout is known */
 
 static ngx_int_t
 ngx_http_presence_postconfiguration(ngx_conf_t *cf)
 {
+    ngx_presence_table_t           *table;
     ngx_presence_sync_conf_t        sc;
     ngx_http_presence_main_conf_t  *pmcf;
 
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
+
+    if (pmcf->shm_zone) {
+        /* a device name lives longer than any lease and grace */
+        table = pmcf->shm_zone->data;
+        table->name_age = (time_t) ngx_max(3600,
+                                           2 * (pmcf->max_timeout
+                                                + pmcf->grace) / 1000);
+    }
 
     if (pmcf->cluster) {
         ngx_presence_cluster_heartbeat(pmcf->cluster,
@@ -1242,6 +1343,10 @@ ngx_http_presence_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     case NGX_HTTP_PRESENCE_EVENTS_TICKET:
         clcf->handler = ngx_http_presence_events_ticket;
+        break;
+
+    case NGX_HTTP_PRESENCE_LEAVE:
+        clcf->handler = ngx_http_presence_leave_handler;
         break;
 
     default: /* NGX_HTTP_PRESENCE_GATEWAY */

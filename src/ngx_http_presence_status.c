@@ -42,7 +42,8 @@ static u_char *ngx_http_presence_sync_metrics(u_char *p,
 
 ngx_int_t
 ngx_http_presence_beat(ngx_http_request_t *r,
-    ngx_http_presence_loc_conf_t *plcf, uint32_t uid)
+    ngx_http_presence_loc_conf_t *plcf, uint32_t uid, uint32_t device,
+    ngx_uint_t flags)
 {
     ngx_presence_node_t   *node;
     ngx_presence_table_t  *table;
@@ -56,8 +57,8 @@ ngx_http_presence_beat(ngx_http_request_t *r,
                                        "presence table is full");
     }
 
-    ngx_presence_heartbeat(table, node, ngx_presence_now_ms(), plcf->timeout,
-                           0);
+    ngx_http_presence_device_beat(table, node, uid, plcf->timeout, flags,
+                                  device, r->connection->log);
     ngx_presence_counters(table)->heartbeats++;
 
     r->headers_out.status = NGX_HTTP_NO_CONTENT;
@@ -73,8 +74,9 @@ ngx_http_presence_beat(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_presence_heartbeat_handler(ngx_http_request_t *r)
 {
-    uint32_t                       uid;
+    uint32_t                       uid, device;
     ngx_int_t                      rc;
+    ngx_uint_t                     flags;
     ngx_http_presence_loc_conf_t  *plcf;
 
     rc = ngx_http_presence_open(r, NGX_HTTP_POST, "POST", 0, &uid);
@@ -87,9 +89,13 @@ ngx_http_presence_heartbeat_handler(ngx_http_request_t *r)
         return rc;
     }
 
+    if (ngx_http_presence_device_arg(r, &device, &flags) != NGX_OK) {
+        return ngx_http_presence_bad_device(r);
+    }
+
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    return ngx_http_presence_beat(r, plcf, uid);
+    return ngx_http_presence_beat(r, plcf, uid, device, flags);
 }
 
 
@@ -124,9 +130,10 @@ ngx_http_presence_node(ngx_http_request_t *r, ngx_presence_table_t *table,
 ngx_int_t
 ngx_http_presence_status_handler(ngx_http_request_t *r)
 {
-    uint32_t   uid;
-    ngx_int_t  rc;
-    ngx_str_t  rest;
+    uint32_t    uid, device;
+    ngx_int_t   rc;
+    ngx_str_t   rest;
+    ngx_uint_t  flags;
 
     if (ngx_http_presence_rest(r, &rest) != NGX_OK) {
         return ngx_http_presence_error(r, NGX_HTTP_NOT_FOUND, "not_found",
@@ -167,6 +174,16 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     rc = ngx_presence_cluster_refuse(r);
     if (rc != NGX_DECLINED) {
         return rc;
+    }
+
+    /* ?device= (and idle=) as a heartbeat's: the device "online" beats */
+    if (ngx_http_presence_device_arg(r, &device, &flags) != NGX_OK) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_presence_bad_device(r);
     }
 
     if (r->headers_in.content_length_n > NGX_HTTP_PRESENCE_BODY_MAX) {
@@ -373,11 +390,11 @@ static void
 ngx_http_presence_status_put(ngx_http_request_t *r)
 {
     char                          *reason;
-    uint32_t                       uid;
+    uint32_t                       uid, device;
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
     ngx_str_t                      body;
-    ngx_uint_t                     online;
+    ngx_uint_t                     online, flags;
     ngx_presence_node_t           *node;
     ngx_presence_table_t          *table;
     ngx_http_presence_loc_conf_t  *plcf;
@@ -422,8 +439,12 @@ ngx_http_presence_status_put(ngx_http_request_t *r)
     }
 
     if (online) {
-        ngx_presence_heartbeat(table, node, ngx_presence_now_ms(),
-                               plcf->timeout, 1);
+        /* checked before the body was read */
+        (void) ngx_http_presence_device_arg(r, &device, &flags);
+
+        ngx_http_presence_device_beat(table, node, uid, plcf->timeout,
+                                      flags | NGX_PRESENCE_SHOW, device,
+                                      r->connection->log);
         ngx_presence_counters(table)->heartbeats++;
 
     } else {
@@ -486,7 +507,8 @@ ngx_http_presence_status_json(u_char *p, ngx_presence_table_t *table,
         st.last_seen = seen;
     }
 
-    return ngx_presence_json(p, id, st.online, st.last_seen, st.seq);
+    return ngx_presence_status_json(p, table, id, st.online, st.last_seen,
+                                    st.seq, &st.devices);
 }
 
 

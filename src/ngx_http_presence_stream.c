@@ -155,14 +155,22 @@ ngx_http_presence_events_ticket(ngx_http_request_t *r)
  * stream then keeps its owner online, and a stream that died without a
  * word (half-open TCP, a killed worker) lets it go offline when the lease
  * ends.  Several streams of one user are one user: heartbeats are
- * idempotent, and a deadline is never moved back.
+ * idempotent, and a deadline is never moved back.  A stream is one of
+ * its "device" (default "default"), whose streams are counted: the close
+ * of its last one (the hook with "X-Presence-Stream: close") is that
+ * device leaving.
  */
 
 ngx_int_t
 ngx_http_presence_stream(ngx_http_request_t *r)
 {
-    uint32_t                       uid;
+    uint32_t                       uid, device;
     ngx_int_t                      rc;
+    ngx_table_elt_t               *h;
+    ngx_list_part_t               *part;
+    ngx_uint_t                     i;
+    ngx_presence_node_t           *node;
+    ngx_presence_table_t          *table;
     ngx_http_presence_loc_conf_t  *plcf;
 
     /*
@@ -175,9 +183,52 @@ ngx_http_presence_stream(ngx_http_request_t *r)
         return rc;
     }
 
+    if (ngx_http_presence_device_arg(r, &device, NULL) != NGX_OK) {
+        return ngx_http_presence_bad_device(r);
+    }
+
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    return ngx_http_presence_beat(r, plcf, uid);
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("X-Presence-Stream") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-Presence-Stream",
+                               sizeof("X-Presence-Stream") - 1) == 0
+            && h[i].value.len == sizeof("close") - 1
+            && ngx_strncmp(h[i].value.data, "close", sizeof("close") - 1)
+               == 0)
+        {
+            table = ngx_http_presence_table(r);
+            node = ngx_presence_table_lookup(table, uid);
+
+            if (node) {
+                ngx_http_presence_device_leave(table, node, uid, device, 1,
+                                               r->connection->log);
+            }
+
+            r->headers_out.status = NGX_HTTP_NO_CONTENT;
+            r->headers_out.content_length_n = 0;
+            r->header_only = 1;
+
+            return ngx_http_send_header(r);
+        }
+    }
+
+    return ngx_http_presence_beat(r, plcf, uid, device,
+                                  NGX_PRESENCE_STREAM_OPEN);
 }
 
 
@@ -214,6 +265,13 @@ ngx_http_presence_events_auth(ngx_http_request_t *r)
     rc = ngx_presence_cluster_refuse(r);
     if (rc != NGX_DECLINED) {
         return rc;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "device", sizeof("device") - 1, &arg)
+        == NGX_OK
+        && ngx_http_presence_device_valid(arg.data, arg.len) != NGX_OK)
+    {
+        return ngx_http_presence_bad_device(r);
     }
 
     if (ngx_http_arg(r, (u_char *) "ids", sizeof("ids") - 1, &arg) != NGX_OK

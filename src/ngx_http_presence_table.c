@@ -7,6 +7,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include "ngx_http_presence_table.h"
+#include "ngx_http_presence_json.h"
 
 
 #define ngx_presence_seq(s)       ((uint32_t) ((s) >> 32))
@@ -35,6 +36,28 @@
     __atomic_compare_exchange_n(p, o, n, 0, __ATOMIC_ACQ_REL,                 \
                                 __ATOMIC_ACQUIRE)
 
+/* a device word, see ngx_presence_node_t */
+#define NGX_PRESENCE_DEV_IDLE     0x01
+#define NGX_PRESENCE_DEV_LEFT     0x02
+#define NGX_PRESENCE_DEV_SHOWN    0x04
+#define NGX_PRESENCE_STREAMS_MAX  31
+#define ngx_presence_dev_name(w)  ((uint32_t) ((w) >> 48))
+#define ngx_presence_dev_deadline(w)                                          \
+    ((uint32_t) ((w) >> 24) & NGX_PRESENCE_DEADLINE_MASK)
+#define ngx_presence_dev_active(w)  ((uint32_t) ((w) >> 8) & 0xffff)
+#define ngx_presence_dev_streams(w) ((uint32_t) ((w) >> 3) & 0x1f)
+#define ngx_presence_dev(nm, dl, act, str, fl)                                \
+    (((uint64_t) (nm) << 48)                                                  \
+     | ((uint64_t) ((dl) & NGX_PRESENCE_DEADLINE_MASK) << 24)                 \
+     | ((uint64_t) ((act) & 0xffff) << 8)                                     \
+     | ((uint64_t) ((str) & 0x1f) << 3) | (fl))
+/* the time of a device's last activity: ticks modulo 2^16 (109 min) */
+#define ngx_presence_tick16()                                                 \
+    ((uint32_t) (ngx_current_msec / NGX_PRESENCE_TICK) & 0xffff)
+#define ngx_presence_extra(table, off)                                        \
+    ((ngx_presence_extra_t *) ((u_char *) (table)->shpool                    \
+                               + ((size_t) (off) << 4)))
+
 /* slots audited per sweep: the whole table about once a minute */
 #define NGX_PRESENCE_AUDIT_MIN    1024
 #define NGX_PRESENCE_AUDIT_TICKS  600
@@ -54,6 +77,7 @@
 #endif
 
 #define NGX_PRESENCE_NONE         ((uint32_t) -1)
+#define NGX_PRESENCE_SAME         2
 #define NGX_PRESENCE_NO_AGE       ((uint64_t) -1)
 /* the reclaim scan: the whole table every minute, every 5 s if pressed */
 #define NGX_PRESENCE_SCAN_MIN     256
@@ -114,6 +138,9 @@ static void ngx_presence_change(ngx_presence_table_t *table,
 static uint64_t *ngx_presence_pin(ngx_presence_table_t *table);
 static ngx_inline void ngx_presence_status_of(ngx_presence_status_t *st,
     uint32_t id, uint64_t s, uint64_t last_seen);
+static ngx_uint_t ngx_presence_handed(ngx_presence_shctx_t *sh,
+    uint32_t slot);
+static void ngx_presence_late(ngx_presence_shctx_t *sh, uint64_t tick);
 static ngx_uint_t ngx_presence_pinned(ngx_presence_shctx_t *sh,
     uint32_t slot);
 static ngx_presence_node_t *ngx_presence_insert(ngx_presence_table_t *table,
@@ -136,6 +163,19 @@ static void ngx_presence_claimed(ngx_presence_table_t *table,
     ngx_uint_t claim);
 static ngx_int_t ngx_presence_newer(uint32_t seq, uint64_t owner,
     uint32_t cur_seq, uint64_t cur_owner);
+static void ngx_presence_beat_user(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
+    ngx_uint_t flags);
+static void ngx_presence_gone(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now);
+static void ngx_presence_gc(ngx_presence_table_t *table,
+    ngx_presence_node_t *node);
+static uint32_t ngx_presence_devices_sweep(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t dl, uint32_t tick);
+static void ngx_presence_list_free(ngx_presence_table_t *table,
+    ngx_presence_node_t *node);
+static void ngx_presence_replica_devices(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, ngx_presence_devices_t *d);
 
 
 size_t
@@ -146,7 +186,11 @@ ngx_presence_table_size(uint32_t users)
     slots = (uint64_t) users * NGX_PRESENCE_LOAD_DEN / NGX_PRESENCE_LOAD_NUM;
 
     return sizeof(ngx_presence_shctx_t)
-           + slots * sizeof(ngx_presence_node_t);
+           + slots * sizeof(ngx_presence_node_t)
+             * NGX_PRESENCE_EXTRA_SHARE / (NGX_PRESENCE_EXTRA_SHARE - 1)
+           + ngx_min(ngx_max(slots / 32, NGX_PRESENCE_NAMES_MIN),
+                     NGX_PRESENCE_NAMES_MAX)
+             * sizeof(ngx_presence_name_t);
 }
 
 
@@ -154,7 +198,7 @@ ngx_int_t
 ngx_presence_table_init(ngx_presence_table_t *table, ngx_slab_pool_t *shpool,
     size_t size)
 {
-    size_t                 avail;
+    size_t                 avail, n;
     uint64_t               slots;
     ngx_presence_shctx_t  *sh;
 
@@ -163,15 +207,35 @@ ngx_presence_table_init(ngx_presence_table_t *table, ngx_slab_pool_t *shpool,
         return NGX_ERROR;
     }
 
+    /* the device names: one for 32 users' worth of the zone, bounded */
+
+    n = size / sizeof(ngx_presence_node_t) / 32;
+    n = ngx_max(n, NGX_PRESENCE_NAMES_MIN);
+    n = ngx_min(n, NGX_PRESENCE_NAMES_MAX);
+
+    sh->names = ngx_slab_calloc(shpool, n * sizeof(ngx_presence_name_t));
+    if (sh->names == NULL) {
+        return NGX_ERROR;
+    }
+
+    sh->nnames = (uint32_t) n;
+    sh->seed = (uint32_t) ngx_random();
+    ngx_memcpy(sh->names[0].name, "default", sizeof("default") - 1);
+    sh->names[0].len = sizeof("default") - 1;
+
     /*
      * What remains of the zone after the slab's own page table (about
      * 1/170 of it) goes to the nodes: try the largest array first.
      */
 
-    avail = size - size / 128 - sizeof(ngx_presence_shctx_t) - 8 * ngx_pagesize;
+    avail = size - size / 128 - sizeof(ngx_presence_shctx_t) - 8 * ngx_pagesize
+            - n * sizeof(ngx_presence_name_t);
     if (avail > size) {
         return NGX_ERROR;
     }
+
+    /* the devices past the first take the slab's pages left */
+    avail -= avail / NGX_PRESENCE_EXTRA_SHARE;
 
     for (slots = avail / sizeof(ngx_presence_node_t);
          slots >= 64;
@@ -353,11 +417,63 @@ ngx_presence_pinned(ngx_presence_shctx_t *sh, uint32_t slot)
 
 
 /*
+ * "hand": the node a heartbeat pushes onto the wheel, from before its CAS
+ * that sets QUEUED until after the push (see the audit in
+ * ngx_presence_sweep()).
+ */
+
+static ngx_uint_t
+ngx_presence_handed(ngx_presence_shctx_t *sh, uint32_t slot)
+{
+    ngx_uint_t  i, n;
+
+    /* a process that pushes has looked the node up: it is a pinner */
+    n = __atomic_load_n(&sh->pinners, __ATOMIC_SEQ_CST);
+    n = ngx_min(n, NGX_MAX_PROCESSES);
+
+    for (i = 0; i < n; i++) {
+        if (__atomic_load_n(&sh->counters[i].hand, __ATOMIC_SEQ_CST)
+            == (uint64_t) slot + 1)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+void
+ngx_presence_table_init_process(ngx_presence_table_t *table)
+{
+    uint32_t                  q;
+    uint64_t                  hand, now;
+    ngx_presence_counters_t  *c;
+
+    c = ngx_presence_counters(table);
+    hand = __atomic_load_n(&c->hand, __ATOMIC_SEQ_CST);
+
+    if (hand && hand <= table->sh->capacity) {
+        /*
+         * Killed pushing that node: if it was linked into a bucket taken
+         * already, the next sweep takes that bucket again; if it was not
+         * linked, the audit takes it back once no hand holds it.
+         */
+        q = ngx_presence_load(&table->sh->nodes[hand - 1].queued);
+        now = ngx_current_msec / NGX_PRESENCE_TICK;
+        ngx_presence_late(table->sh, now - (uint32_t) ((uint32_t) now - q));
+    }
+
+    __atomic_store_n(&c->hand, 0, __ATOMIC_SEQ_CST);
+}
+
+
+/*
  * Inserts under the slab mutex, so that one user never gets two slots: the
  * first tombstone on the probe path is reused (unless another process has
  * it pinned), else the empty slot that ends the path.  A reused slot goes
- * on with the seq of the user it held, plus 2 (seq stays even while
- * offline): no state, and no seq a store was told of, comes back in it.
+ * on with the seq of the user it held, plus 2: no state, and no seq a
+ * store was told of, comes back in it.
  * At max_users the longest offline clean user of a sample goes first.
  */
 
@@ -429,7 +545,8 @@ ngx_presence_insert(ngx_presence_table_t *table, uint32_t id, uint32_t fl,
     ngx_presence_store(&node->state,
                        ngx_presence_state(seq, 0, NGX_PRESENCE_RECLAIM));
     ngx_presence_store(&node->last_seen, last_seen);
-    ngx_presence_store(&node->streams, 0);
+    ngx_presence_list_free(table, node);
+    ngx_presence_store(&node->dev, 0);
     ngx_presence_store(&node->owner, 0);
     ngx_presence_store(&node->id, id);
     ngx_presence_store(&node->state, ngx_presence_state(seq, 0, fl));
@@ -503,23 +620,25 @@ ngx_presence_deadline_for(ngx_msec_t timeout)
  * the invisible flag: coming back from invisible counts as a heartbeat.
  *
  * The CAS that sets QUEUED makes this heartbeat the one that pushes the
- * node.  Before it, "queued" is made recent: the audit takes a queued
- * node with an old "queued" for one lost off the wheel, and must never
- * meet that between the CAS and the push.
+ * node.  Before it, "queued" is made recent and the node is put in this
+ * process's hand until pushed: the audit takes a queued node with an old
+ * "queued" for one lost off the wheel, and must never meet that between
+ * the CAS and the push (our clock may lag the audit's: so the hand).
  *
  * A PENDING user is shown nothing of it (no seq, no event) until the
  * stores answer, or SHOW says what it chose.
  */
 
-void
-ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
+static void
+ngx_presence_beat_user(ngx_presence_table_t *table, ngx_presence_node_t *node,
     uint64_t now, ngx_msec_t timeout, ngx_uint_t flags)
 {
-    uint32_t  fl, seq, deadline, dl;
-    uint64_t  old, new, owner;
+    uint32_t   fl, seq, deadline, dl, due;
+    uint64_t   old, new, owner, *hand;
 
     deadline = ngx_presence_deadline_for(timeout);
     old = ngx_presence_load(&node->state);
+    hand = NULL;
 
     for ( ;; ) {
         fl = ngx_presence_flags(old);
@@ -527,6 +646,11 @@ ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
         dl = deadline;
 
         if (fl & NGX_PRESENCE_RECLAIM) {
+            if (hand) {
+                __atomic_store_n(hand, 0, __ATOMIC_SEQ_CST);
+                hand = NULL;
+            }
+
             /* reclaimed meanwhile: see ngx_presence_reclaim() */
             node = ngx_presence_again(table, node);
             if (node == NULL) {
@@ -567,6 +691,13 @@ ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
             ngx_presence_queued_at(node,
                                   (uint32_t) (ngx_current_msec
                                               / NGX_PRESENCE_TICK));
+
+            if (hand == NULL) {
+                /* in hand until pushed: see the audit */
+                hand = &ngx_presence_counters(table)->hand;
+                __atomic_store_n(hand, (uint64_t) (node - table->sh->nodes)
+                                       + 1, __ATOMIC_SEQ_CST);
+            }
         }
 
         ngx_presence_hook(NGX_PRESENCE_HOOK_HEARTBEAT,
@@ -591,7 +722,24 @@ ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
     }
 
     if (!(ngx_presence_flags(old) & NGX_PRESENCE_QUEUED)) {
-        ngx_presence_push(table, node - table->sh->nodes, dl);
+        due = dl;
+
+        if (table->idle_timeout < timeout
+            && !(flags & NGX_PRESENCE_BEAT_IDLE))
+        {
+            /* the sweeper looks at it when it may be idle */
+            due = ngx_presence_deadline_for(table->idle_timeout);
+
+            if (ngx_presence_passed(dl, due)) {
+                due = dl;
+            }
+        }
+
+        ngx_presence_push(table, node - table->sh->nodes, due);
+    }
+
+    if (hand) {
+        __atomic_store_n(hand, 0, __ATOMIC_SEQ_CST);
     }
 
     if (seq != ngx_presence_seq(old)) {
@@ -606,8 +754,8 @@ ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
 
 /*
  * Going invisible hides an online user at once, last seen now.  Of a user
- * offline already only the stores are told (publish 0); seq moves by 2 so
- * that it stays even while offline, odd while online.
+ * offline already only the stores are told (publish 0): seq + 1 all the
+ * same, so that the stores' marks of the older state are cleared by it.
  */
 
 void
@@ -640,7 +788,7 @@ ngx_presence_hide(ngx_presence_table_t *table, ngx_presence_node_t *node,
         }
 
         publish = ngx_presence_visible(fl);
-        seq += publish ? 1 : 2;
+        seq++;
 
         if (fl & NGX_PRESENCE_REPLICA) {
             /* a takeover: heartbeats here will make it active */
@@ -675,15 +823,15 @@ ngx_presence_hide(ngx_presence_table_t *table, ngx_presence_node_t *node,
 
 
 /*
- * A device gone (without devices: the user): offline now, last seen now,
+ * The last device gone, without a grace: offline now, last seen now,
  * as if its deadline had passed now.  ACTIVE goes, QUEUED stays: the node
  * is still linked in its bucket, and the sweeper unlinks it there.  Of a
  * user not visibly online (invisible, PENDING) only ACTIVE goes: nothing
  * to publish, last_seen kept.
  */
 
-void
-ngx_presence_leave(ngx_presence_table_t *table, ngx_presence_node_t *node,
+static void
+ngx_presence_gone(ngx_presence_table_t *table, ngx_presence_node_t *node,
     uint64_t now)
 {
     uint32_t  fl, seq;
@@ -758,6 +906,8 @@ ngx_presence_status_of(ngx_presence_status_t *st, uint32_t id, uint64_t s,
     st->pending = (ngx_presence_flags(s) & NGX_PRESENCE_PENDING) != 0;
     st->seq = ngx_presence_seq(s);
     st->last_seen = last_seen;
+    st->devices.n = 0;
+    st->devices.idle = 0;
 }
 
 
@@ -807,6 +957,10 @@ ngx_presence_table_peek(ngx_presence_table_t *table, uint32_t id,
 
                 ngx_presence_status_of(st, id, s, last_seen);
 
+                if (st->online) {
+                    ngx_presence_devices_of(table, node, &st->devices);
+                }
+
                 return NGX_OK;
             }
         }
@@ -828,6 +982,10 @@ changed:
 
     ngx_presence_read(node, st);
 
+    if (st->online) {
+        ngx_presence_devices_of(table, node, &st->devices);
+    }
+
     return NGX_OK;
 }
 
@@ -847,7 +1005,7 @@ ngx_presence_push(ngx_presence_table_t *table, uint32_t slot,
 {
     uint32_t               head;
     uint32_t              *bucket;
-    uint64_t               tick, next, late;
+    uint64_t               tick, next;
     ngx_presence_shctx_t  *sh;
 
     sh = table->sh;
@@ -877,6 +1035,17 @@ ngx_presence_push(ngx_presence_table_t *table, uint32_t slot,
     if (__atomic_load_n(&sh->swept, __ATOMIC_SEQ_CST) < tick) {
         return;
     }
+
+    ngx_presence_late(sh, tick);
+}
+
+
+/* the sweeper is to sweep the bucket of "tick" again, and on from there */
+
+static void
+ngx_presence_late(ngx_presence_shctx_t *sh, uint64_t tick)
+{
+    uint64_t  late;
 
     late = ngx_presence_load(&sh->late);
 
@@ -929,7 +1098,11 @@ ngx_presence_notify(ngx_presence_table_t *table, ngx_presence_node_t *node,
 }
 
 
-/* publish 1: a change of the visible status; 0: of the stores' state only */
+/*
+ * publish 1: a change of the visible status; 0: of the stores' state
+ * only; NGX_PRESENCE_SAME: of an online user's devices or activity, an
+ * event that is no transition
+ */
 
 static void
 ngx_presence_change(ngx_presence_table_t *table, ngx_presence_node_t *node,
@@ -943,10 +1116,16 @@ ngx_presence_change(ngx_presence_table_t *table, ngx_presence_node_t *node,
     ch.seq = ngx_presence_seq(state);
     ch.last_seen = last_seen;
     ch.invisible = (ngx_presence_flags(state) & NGX_PRESENCE_INVISIBLE) != 0;
-    ch.publish = publish;
+    ch.publish = publish ? 1 : 0;
     ch.claim = 0;
+    ch.devices.n = 0;
+    ch.devices.idle = 0;
 
-    if (publish) {
+    if (ch.online) {
+        ngx_presence_devices_of(table, node, &ch.devices);
+    }
+
+    if (publish == 1) {
         c = ngx_presence_counters(table);
 
         if (ch.online) {
@@ -1003,7 +1182,9 @@ ngx_presence_expire(ngx_presence_table_t *table, uint32_t slot, uint32_t tick)
         if ((fl & NGX_PRESENCE_ACTIVE)
             && !ngx_presence_passed(ngx_presence_deadline(old), tick))
         {
-            ngx_presence_push(table, slot, ngx_presence_deadline(old));
+            ngx_presence_push(table, slot,
+                              ngx_presence_devices_sweep(table, node,
+                                  ngx_presence_deadline(old), tick));
             return 0;
         }
 
@@ -1022,6 +1203,10 @@ ngx_presence_expire(ngx_presence_table_t *table, uint32_t slot, uint32_t tick)
         if (ngx_presence_cas(&node->state, &old, new)) {
             break;
         }
+    }
+
+    if (fl & NGX_PRESENCE_ACTIVE) {
+        ngx_presence_gc(table, node);
     }
 
     if (seq == ngx_presence_seq(old)) {
@@ -1360,6 +1545,16 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
      * the push: see ngx_presence_heartbeat()).  It is in no list, so it
      * is safe to expire it or queue it again, once claimed by a CAS of
      * "queued": one party only ever pushes a node.
+     *
+     * "Queued" is a tick of the pusher's clock, which may lag ours by more
+     * than the grace (a worker that read its clock before a long stall, or
+     * before the clock jumped a turn of the wheel).  So a node in a live
+     * process's hand (a heartbeat between its CAS and its push) is not
+     * taken, nor one whose "queued", read again after the hands, is at
+     * or after a "late" hint: a push that landed in a bucket taken
+     * already (its pusher hinted it before letting go of its hand), which
+     * the next sweep takes again.  Only the sweeper clears QUEUED, so a
+     * node seen QUEUED here was set so before: its pusher's hand is seen.
      */
 
     n = ngx_max(NGX_PRESENCE_AUDIT_MIN, sh->capacity / NGX_PRESENCE_AUDIT_TICKS);
@@ -1377,6 +1572,20 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
             {
                 ngx_presence_hook(NGX_PRESENCE_HOOK_AUDIT, i);
 
+                if (ngx_presence_handed(sh, i)
+                    || ngx_presence_load(&sh->nodes[i].queued) != q)
+                {
+                    goto next;
+                }
+
+                late = ngx_presence_load(&sh->late);
+
+                if (late != NGX_PRESENCE_NO_TICK
+                    && (int32_t) ((uint32_t) late - q) <= 0)
+                {
+                    goto next;
+                }
+
                 if (ngx_presence_cas(&sh->nodes[i].queued, &q,
                                      (uint32_t) now))
                 {
@@ -1389,6 +1598,8 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
                 }
             }
         }
+
+    next:
 
         if (++i == sh->capacity) {
             i = 0;
@@ -1680,7 +1891,7 @@ ngx_presence_idle(ngx_presence_table_t *table, ngx_presence_node_t *node,
         || (fl & (NGX_PRESENCE_ACTIVE|NGX_PRESENCE_QUEUED
                   |NGX_PRESENCE_PENDING|NGX_PRESENCE_RECLAIM))
         || (fl & table->stores & NGX_PRESENCE_DIRTY)
-        || ngx_presence_load(&node->streams))
+        || ngx_presence_load(&node->more))
     {
         return 0;
     }
@@ -2000,6 +2211,12 @@ ngx_presence_claimed(ngx_presence_table_t *table, ngx_presence_node_t *node,
     ch.invisible = (ngx_presence_flags(state) & NGX_PRESENCE_INVISIBLE) != 0;
     ch.publish = 1;
     ch.claim = claim;
+    ch.devices.n = 0;
+    ch.devices.idle = 0;
+
+    if (ch.online) {
+        ngx_presence_devices_of(table, node, &ch.devices);
+    }
 
     if (table->changed) {
         table->changed(table, &ch);
@@ -2091,6 +2308,7 @@ ngx_presence_apply(ngx_presence_table_t *table, ngx_presence_replica_t *rp)
     }
 
     ngx_presence_store(&node->last_seen, rp->last_seen);
+    ngx_presence_replica_devices(table, node, &rp->devices);
 
     was = ngx_presence_visible(fl);
     now = ngx_presence_visible(nfl);
@@ -2106,14 +2324,11 @@ ours:
     /*
      * The user heartbeats here, more recently than that change: the other
      * node's change is stale (its log lagged past our takeover).  Ours is
-     * written again above it, the parity of seq kept (odd: online).
+     * written again above it, at the next seq: a change for every node
+     * and stream that saw the stale one.
      */
 
     seq = rp->seq + 1;
-
-    if ((seq & 1) != (ngx_presence_visible(fl) ? 1 : 0)) {
-        seq++;
-    }
 
     new = ngx_presence_state(seq, ngx_presence_deadline(old),
                              fl | (ngx_presence_seq(old) != seq
@@ -2329,4 +2544,1161 @@ ngx_presence_node_hash(u_char *name, size_t len)
     }
 
     return h ? h : 1;
+}
+
+
+/*
+ * Devices.  Every change of a user's list of devices is made under the
+ * slab mutex (which nginx's master unlocks when a worker holding it dies):
+ * the list is "dev" and the ngx_presence_extra_t records of "more", read
+ * whole, changed in a copy, written back; the CAS of "dev" fails if a
+ * plain heartbeat moved its deadline meanwhile, then it is read again.  A
+ * plain heartbeat of the first device (nothing shown changes) is one CAS
+ * of "dev", without the mutex.  The list as stored is what was published
+ * last: a device whose deadline passed is shown until ngx_presence_gc()
+ * takes it out (the sweeper, at that deadline), which is a change.
+ */
+
+typedef struct {
+    uint64_t                    w[NGX_PRESENCE_DEVICES_MAX];
+    ngx_uint_t                  n;
+    uint64_t                    dev;         /* node->dev as read */
+} ngx_presence_list_t;
+
+
+static void
+ngx_presence_list_read(ngx_presence_table_t *table, ngx_presence_node_t *node,
+    ngx_presence_list_t *l)
+{
+    uint32_t               off, k;
+    ngx_presence_extra_t  *x;
+
+    l->n = 0;
+    l->dev = ngx_presence_load(&node->dev);
+
+    if (ngx_presence_dev_name(l->dev)) {
+        l->w[l->n++] = l->dev & ~(uint64_t) NGX_PRESENCE_DEV_SHOWN;
+    }
+
+    off = node->more;
+
+    for (k = 0; off && k < NGX_PRESENCE_DEVICES_MAX; k++) {
+        x = ngx_presence_extra(table, off);
+
+        if (ngx_presence_dev_name(x->dev) && l->n < NGX_PRESENCE_DEVICES_MAX)
+        {
+            l->w[l->n++] = x->dev;
+        }
+
+        off = x->next;
+    }
+}
+
+
+/*
+ * Under the mutex: the list written back, the idle flag shown with it.
+ * NGX_AGAIN: "dev" changed since it was read, nothing written.
+ */
+
+static ngx_int_t
+ngx_presence_list_write(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, ngx_presence_list_t *l, ngx_uint_t idle)
+{
+    uint32_t               off, *link, next;
+    uint64_t               dev;
+    ngx_uint_t             i;
+    ngx_presence_extra_t  *x;
+
+    dev = (l->n ? l->w[0] : 0) | (idle ? NGX_PRESENCE_DEV_SHOWN : 0);
+
+    if (dev != l->dev && !ngx_presence_cas(&node->dev, &l->dev, dev)) {
+        return NGX_AGAIN;
+    }
+
+    /* the records kept in order, made or freed as the list needs */
+
+    link = &node->more;
+
+    for (i = 1; i < l->n; i++) {
+        off = *link;
+
+        if (off == 0) {
+            x = ngx_slab_alloc_locked(table->shpool,
+                                      sizeof(ngx_presence_extra_t));
+            if (x == NULL) {
+                ngx_log_error(NGX_LOG_ALERT, table->log, 0,
+                              "presence zone \"%V\": no memory for a "
+                              "device of user %uD", &table->name, node->id);
+                break;
+            }
+
+            x->next = 0;
+            x->id = node->id;
+            off = (uint32_t) (((u_char *) x - (u_char *) table->shpool) >> 4);
+            (void) ngx_atomic_fetch_add(&table->sh->extras, 1);
+
+        } else {
+            x = ngx_presence_extra(table, off);
+        }
+
+        x->dev = l->w[i];
+        ngx_presence_store(link, off);
+        link = &x->next;
+    }
+
+    off = *link;
+    ngx_presence_store(link, 0);
+
+    while (off) {
+        x = ngx_presence_extra(table, off);
+        next = x->next;
+        ngx_slab_free_locked(table->shpool, x);
+        (void) ngx_atomic_fetch_add(&table->sh->extras, -1);
+        off = next;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * What the list shows: the devices not LEFT, or, if there are none (the
+ * user's grace), the LEFT ones; sorted by name.
+ */
+
+static void
+ngx_presence_list_show(ngx_presence_table_t *table, ngx_presence_list_t *l,
+    ngx_uint_t idle, ngx_presence_devices_t *d)
+{
+    u_char      a[NGX_PRESENCE_DEVICE_LEN + 1], b[NGX_PRESENCE_DEVICE_LEN + 1];
+    size_t      na, nb;
+    uint16_t    t;
+    ngx_uint_t  i, j, left;
+
+    d->n = 0;
+    d->idle = idle;
+
+    for (left = 0; left < 2 && d->n == 0; left++) {
+        for (i = 0; i < l->n; i++) {
+            if (((l->w[i] & NGX_PRESENCE_DEV_LEFT) != 0) == left) {
+                d->names[d->n++] = (uint16_t) ngx_presence_dev_name(l->w[i]);
+            }
+        }
+    }
+
+    for (i = 1; i < d->n; i++) {
+        for (j = i; j > 0; j--) {
+            na = ngx_presence_device_name(table, d->names[j - 1], a);
+            nb = ngx_presence_device_name(table, d->names[j], b);
+            a[na] = '\0';
+            b[nb] = '\0';
+
+            if (ngx_strcmp(a, b) <= 0) {
+                break;
+            }
+
+            t = d->names[j];
+            d->names[j] = d->names[j - 1];
+            d->names[j - 1] = t;
+        }
+    }
+}
+
+
+static ngx_uint_t
+ngx_presence_devices_equal(ngx_presence_devices_t *a,
+    ngx_presence_devices_t *b)
+{
+    return a->n == b->n && a->idle == b->idle
+           && ngx_memcmp(a->names, b->names, a->n * sizeof(uint16_t)) == 0;
+}
+
+
+/*
+ * Idle now: every device shown says idle=1, or none of them heartbeat
+ * without it for presence_idle_timeout.  "due": the tick at which it will
+ * be, if it is not (unchanged otherwise).
+ */
+
+static ngx_uint_t
+ngx_presence_list_idle(ngx_presence_table_t *table, ngx_presence_list_t *l,
+    uint32_t *due)
+{
+    uint32_t    sec, age, max, a, to, at;
+    ngx_uint_t  i, left, any, all;
+
+    sec = ngx_presence_tick16();
+    to = (uint32_t) (table->idle_timeout / NGX_PRESENCE_TICK);
+    max = 0xffff;
+    any = 0;
+    all = 1;
+
+    for (left = 0; left < 2 && !any; left++) {
+        for (i = 0; i < l->n; i++) {
+            if (((l->w[i] & NGX_PRESENCE_DEV_LEFT) != 0) != left) {
+                continue;
+            }
+
+            any = 1;
+
+            if (!(l->w[i] & NGX_PRESENCE_DEV_IDLE)) {
+                all = 0;
+            }
+
+            a = ngx_presence_dev_active(l->w[i]);
+            age = (sec - a) & 0xffff;
+            max = ngx_min(max, age);
+        }
+    }
+
+    if (!any || all) {
+        return any;
+    }
+
+    if (max >= to) {
+        return 1;
+    }
+
+    if (due) {
+        at = ngx_presence_tick24(ngx_current_msec
+                                 + (ngx_msec_t) (to - max)
+                                   * NGX_PRESENCE_TICK);
+
+        /* the earlier of the two */
+        if (ngx_presence_passed(at, *due)) {
+            *due = at;
+        }
+    }
+
+    return 0;
+}
+
+
+/* the devices' deadlines passed out of the list; 1: some went */
+
+static ngx_uint_t
+ngx_presence_list_gc(ngx_presence_list_t *l, uint32_t tick)
+{
+    ngx_uint_t  i, n;
+
+    for (i = 0, n = 0; i < l->n; i++) {
+        if (!ngx_presence_passed(ngx_presence_dev_deadline(l->w[i]), tick)) {
+            l->w[n++] = l->w[i];
+        }
+    }
+
+    i = (n != l->n);
+    l->n = n;
+
+    return i;
+}
+
+
+/* the earliest deadline of the list's devices, or "dl" */
+
+static uint32_t
+ngx_presence_list_due(ngx_presence_list_t *l, uint32_t dl)
+{
+    uint32_t    d;
+    ngx_uint_t  i;
+
+    for (i = 0; i < l->n; i++) {
+        d = ngx_presence_dev_deadline(l->w[i]);
+
+        if (ngx_presence_passed(d, dl)) {
+            dl = d;
+        }
+    }
+
+    return dl;
+}
+
+
+static ngx_inline ngx_int_t
+ngx_presence_list_find(ngx_presence_list_t *l, uint32_t device)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < l->n; i++) {
+        if (ngx_presence_dev_name(l->w[i]) == device) {
+            return i;
+        }
+    }
+
+    return -1;
+}
+
+
+/* "shown" of a user whose state is s: its devices, none if not online */
+
+void
+ngx_presence_devices_of(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, ngx_presence_devices_t *d)
+{
+    ngx_presence_list_t  l;
+
+    if (ngx_presence_load(&node->more) == 0) {
+        ngx_presence_list_read(table, node, &l);
+
+        if (ngx_presence_load(&node->more) == 0) {
+            ngx_presence_list_show(table, &l,
+                                   (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0, d);
+            return;
+        }
+    }
+
+    ngx_shmtx_lock(&table->shpool->mutex);
+    ngx_presence_list_read(table, node, &l);
+    ngx_shmtx_unlock(&table->shpool->mutex);
+
+    ngx_presence_list_show(table, &l, (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0,
+                           d);
+}
+
+
+/*
+ * A visible user's devices or activity changed: seq + 1, published and
+ * synced.  Nothing for a user not visibly online: its devices are not
+ * shown.
+ */
+
+static void
+ngx_presence_bump(ngx_presence_table_t *table, ngx_presence_node_t *node)
+{
+    uint32_t  fl;
+    uint64_t  old, new;
+
+    old = ngx_presence_load(&node->state);
+
+    do {
+        fl = ngx_presence_flags(old);
+
+        if (!ngx_presence_visible(fl)
+            || (fl & (NGX_PRESENCE_REPLICA|NGX_PRESENCE_RECLAIM)))
+        {
+            return;
+        }
+
+        new = ngx_presence_state(ngx_presence_seq(old) + 1,
+                                 ngx_presence_deadline(old),
+                                 fl | NGX_PRESENCE_DIRTY);
+
+    } while (!ngx_presence_cas(&node->state, &old, new));
+
+    ngx_presence_change(table, node, new, ngx_presence_load(&node->last_seen),
+                        NGX_PRESENCE_SAME);
+}
+
+
+/*
+ * Under the mutex: a heartbeat of a device applied to the list.  1: what
+ * the user shows changed.
+ */
+
+static ngx_uint_t
+ngx_presence_device_apply(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t device, uint32_t dl,
+    ngx_uint_t flags, ngx_uint_t fresh, ngx_uint_t *woke)
+{
+    uint32_t                tick, sec, old, streams;
+    uint64_t                w, fl;
+    ngx_int_t               i;
+    ngx_uint_t              k, idle;
+    ngx_presence_list_t     l;
+    ngx_presence_devices_t  before, after;
+
+    tick = ngx_presence_tick24(ngx_current_msec);
+    sec = ngx_presence_tick16();
+
+    for ( ;; ) {
+        ngx_presence_list_read(table, node, &l);
+        ngx_presence_list_show(table, &l,
+                               (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0, &before);
+
+        (void) ngx_presence_list_gc(&l, tick);
+
+        if (fresh) {
+            /* a takeover: the devices were the owner's */
+            l.n = 0;
+        }
+
+        i = ngx_presence_list_find(&l, device);
+
+        if (i >= 0) {
+            w = l.w[i];
+            old = ngx_presence_dev_deadline(w);
+
+            if (ngx_presence_passed(dl, old)) {
+                dl = old;
+            }
+
+            streams = ngx_presence_dev_streams(w);
+
+            if (flags & NGX_PRESENCE_BEAT_IDLE) {
+                sec = ngx_presence_dev_active(w);
+            }
+
+        } else {
+            streams = 0;
+
+            if (l.n == table->devices) {
+                /* the one seen longest ago makes room */
+                for (i = 0, k = 1; k < l.n; k++) {
+                    if (ngx_presence_dev_deadline(l.w[k])
+                        != ngx_presence_dev_deadline(l.w[i])
+                        && ngx_presence_passed(
+                               ngx_presence_dev_deadline(l.w[k]),
+                               ngx_presence_dev_deadline(l.w[i])))
+                    {
+                        i = k;
+                    }
+                }
+
+            } else {
+                i = l.n++;
+            }
+
+            if (flags & NGX_PRESENCE_BEAT_IDLE) {
+                /* idle from the start: as if last active long ago */
+                sec = (sec - (uint32_t) (table->idle_timeout
+                                         / NGX_PRESENCE_TICK))
+                      & 0xffff;
+            }
+        }
+
+        if ((flags & NGX_PRESENCE_STREAM_OPEN)
+            && streams < NGX_PRESENCE_STREAMS_MAX)
+        {
+            streams++;
+        }
+
+        fl = (flags & NGX_PRESENCE_BEAT_IDLE) ? NGX_PRESENCE_DEV_IDLE : 0;
+        l.w[i] = ngx_presence_dev(device, dl, sec, streams, fl);
+
+        /*
+         * Idle goes by time only one way (the sweeper): an idle heartbeat
+         * of an idle user keeps it idle whatever times the others hold
+         * (they are kept for 109 minutes only).
+         */
+
+        idle = ((flags & NGX_PRESENCE_BEAT_IDLE)
+                && (l.dev & NGX_PRESENCE_DEV_SHOWN))
+               || ngx_presence_list_idle(table, &l, NULL);
+        ngx_presence_list_show(table, &l, idle, &after);
+
+        if (ngx_presence_list_write(table, node, &l, idle) == NGX_OK) {
+            break;
+        }
+    }
+
+    *woke = before.idle && !after.idle;
+
+    /*
+     * Of a user not visibly online now nothing is shown: if it goes online
+     * after this, that event reads the list under the mutex, after us.
+     */
+
+    return ngx_presence_visible(ngx_presence_flags(
+               ngx_presence_load(&node->state)))
+           && !ngx_presence_devices_equal(&before, &after);
+}
+
+
+/*
+ * A heartbeat of a device.  The device is written first, then the user's
+ * state: an event the heartbeat makes (online) shows it.
+ */
+
+ngx_uint_t
+ngx_presence_device_beat(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
+    ngx_uint_t flags, uint32_t device)
+{
+    uint32_t    dl, old, sec, tick;
+    uint64_t    w, s, neww;
+    ngx_uint_t  changed, woke;
+
+    dl = ngx_presence_deadline_for(timeout);
+    tick = ngx_presence_tick24(ngx_current_msec);
+    sec = ngx_presence_tick16();
+    s = ngx_presence_load(&node->state);
+    w = ngx_presence_load(&node->dev);
+    changed = 0;
+    woke = 0;
+
+    /* the fast path: the first device again, nothing shown changes */
+
+    while (ngx_presence_visible(ngx_presence_flags(s))
+           && !(ngx_presence_flags(s) & NGX_PRESENCE_REPLICA)
+           && !(flags & NGX_PRESENCE_STREAM_OPEN)
+           && ngx_presence_dev_name(w) == device
+           && !(w & NGX_PRESENCE_DEV_LEFT)
+           && !ngx_presence_passed(ngx_presence_dev_deadline(w), tick)
+           && ((w & NGX_PRESENCE_DEV_IDLE) != 0)
+              == ((flags & NGX_PRESENCE_BEAT_IDLE) != 0)
+           && ((flags & NGX_PRESENCE_BEAT_IDLE)
+               || !(w & NGX_PRESENCE_DEV_SHOWN)))
+    {
+        old = ngx_presence_dev_deadline(w);
+
+        neww = ngx_presence_dev(device,
+                                ngx_presence_passed(dl, old) ? old : dl,
+                                (flags & NGX_PRESENCE_BEAT_IDLE)
+                                    ? ngx_presence_dev_active(w) : sec,
+                                ngx_presence_dev_streams(w),
+                                w & 0x7);
+
+        if (neww == w || ngx_presence_cas(&node->dev, &w, neww)) {
+            goto user;
+        }
+    }
+
+    ngx_shmtx_lock(&table->shpool->mutex);
+    changed = ngx_presence_device_apply(table, node, device, dl, flags,
+                                        (ngx_presence_flags(s)
+                                         & NGX_PRESENCE_REPLICA) != 0,
+                                        &woke);
+
+    if (ngx_presence_flags(s) & NGX_PRESENCE_REPLICA) {
+        /* a takeover publishes nothing: its claim logs the devices */
+        changed = 0;
+    }
+    ngx_shmtx_unlock(&table->shpool->mutex);
+
+user:
+
+    s = ngx_presence_load(&node->state);
+
+    ngx_presence_beat_user(table, node, now, timeout, flags);
+
+    if (changed
+        && ngx_presence_seq(ngx_presence_load(&node->state))
+           == ngx_presence_seq(s))
+    {
+        ngx_presence_bump(table, node);
+    }
+
+    /* the wheel has it queued for later than its idle timeout */
+    return woke && table->idle_timeout < timeout;
+}
+
+
+void
+ngx_presence_heartbeat(ngx_presence_table_t *table, ngx_presence_node_t *node,
+    uint64_t now, ngx_msec_t timeout, ngx_uint_t flags)
+{
+    (void) ngx_presence_device_beat(table, node, now, timeout, flags,
+                                    NGX_PRESENCE_DEVICE_DEFAULT);
+}
+
+
+/* a timer's presence_idle_timeout passed: the sweeper's look, now */
+
+void
+ngx_presence_idle_check(ngx_presence_table_t *table, uint32_t id)
+{
+    uint64_t              s;
+    ngx_presence_node_t  *node;
+
+    node = ngx_presence_table_lookup(table, id);
+    if (node == NULL) {
+        return;
+    }
+
+    s = ngx_presence_load(&node->state);
+
+    if (ngx_presence_visible(ngx_presence_flags(s))
+        && !(ngx_presence_flags(s) & NGX_PRESENCE_REPLICA))
+    {
+        (void) ngx_presence_devices_sweep(table, node,
+                                          ngx_presence_deadline(s),
+                                          ngx_presence_tick24(
+                                              ngx_current_msec));
+    }
+}
+
+
+/*
+ * Under the mutex.  What a device's leave does: "gone" when it was the
+ * last shown, 2: in its grace, 1: the list changed, 0: nothing.
+ */
+
+#define NGX_PRESENCE_LEFT_NONE    0
+#define NGX_PRESENCE_LEFT_CHANGE  1
+#define NGX_PRESENCE_LEFT_GRACE   2
+#define NGX_PRESENCE_LEFT_GONE    3
+
+static ngx_uint_t
+ngx_presence_device_leave(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t device, ngx_uint_t stream,
+    ngx_uint_t grace, uint32_t *until)
+{
+    uint32_t                tick, streams, dl;
+    uint64_t                w;
+    ngx_int_t               i, rc;
+    ngx_uint_t              k, others, idle;
+    ngx_presence_list_t     l;
+    ngx_presence_devices_t  before, after;
+
+    tick = ngx_presence_tick24(ngx_current_msec);
+
+    for ( ;; ) {
+        ngx_presence_list_read(table, node, &l);
+        ngx_presence_list_show(table, &l,
+                               (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0, &before);
+
+        (void) ngx_presence_list_gc(&l, tick);
+
+        i = ngx_presence_list_find(&l, device);
+
+        if (i < 0) {
+            rc = NGX_PRESENCE_LEFT_NONE;
+            goto write;
+        }
+
+        w = l.w[i];
+        streams = ngx_presence_dev_streams(w);
+
+        if (stream && streams > 1) {
+            /* not its last stream */
+            l.w[i] = w - ((uint64_t) 1 << 3);
+            rc = NGX_PRESENCE_LEFT_NONE;
+            goto write;
+        }
+
+        for (k = 0, others = 0; k < l.n; k++) {
+            if ((ngx_int_t) k != i && !(l.w[k] & NGX_PRESENCE_DEV_LEFT)) {
+                others++;
+            }
+        }
+
+        if (others || !grace) {
+            l.w[i] = l.w[--l.n];
+            rc = others ? NGX_PRESENCE_LEFT_CHANGE : NGX_PRESENCE_LEFT_GONE;
+            goto write;
+        }
+
+        /* the last one: shown until the grace ends, never later */
+
+        dl = ngx_presence_deadline_for(table->grace);
+
+        if (ngx_presence_passed(ngx_presence_dev_deadline(w), dl)) {
+            dl = ngx_presence_dev_deadline(w);
+        }
+
+        *until = dl;
+        l.w[i] = ngx_presence_dev(device, dl, ngx_presence_dev_active(w), 0,
+                                  (w & NGX_PRESENCE_DEV_IDLE)
+                                  | NGX_PRESENCE_DEV_LEFT);
+
+        /* devices that left before it are not shown with it */
+        for (k = 0, others = 0; k < l.n; k++) {
+            if ((ngx_int_t) k == i || !(l.w[k] & NGX_PRESENCE_DEV_LEFT)) {
+                l.w[others++] = l.w[k];
+            }
+        }
+
+        l.n = others;
+        rc = NGX_PRESENCE_LEFT_GRACE;
+
+    write:
+
+        idle = (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0;
+
+        if (rc == NGX_PRESENCE_LEFT_CHANGE && !idle) {
+            idle = ngx_presence_list_idle(table, &l, NULL);
+        }
+
+        ngx_presence_list_show(table, &l, idle, &after);
+
+        if (ngx_presence_list_write(table, node, &l, idle) == NGX_OK) {
+            break;
+        }
+    }
+
+    if (rc == NGX_PRESENCE_LEFT_CHANGE
+        && ngx_presence_devices_equal(&before, &after))
+    {
+        rc = NGX_PRESENCE_LEFT_NONE;
+    }
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_presence_leave(ngx_presence_table_t *table, ngx_presence_node_t *node,
+    uint64_t now, uint32_t device, ngx_uint_t stream)
+{
+    uint32_t    until, fl;
+    uint64_t    old, new;
+    ngx_uint_t  rc, grace;
+
+    old = ngx_presence_load(&node->state);
+    fl = ngx_presence_flags(old);
+
+    if (fl & (NGX_PRESENCE_REPLICA|NGX_PRESENCE_RECLAIM)) {
+        /* a replica's devices are its owner's to count */
+        return NGX_OK;
+    }
+
+    grace = table->grace && ngx_presence_visible(fl);
+    until = 0;
+
+    ngx_shmtx_lock(&table->shpool->mutex);
+    rc = ngx_presence_device_leave(table, node, device, stream, grace,
+                                   &until);
+    ngx_shmtx_unlock(&table->shpool->mutex);
+
+    switch (rc) {
+
+    case NGX_PRESENCE_LEFT_CHANGE:
+        ngx_presence_bump(table, node);
+        return NGX_OK;
+
+    case NGX_PRESENCE_LEFT_GONE:
+        ngx_presence_gone(table, node, now);
+        return NGX_OK;
+
+    case NGX_PRESENCE_LEFT_GRACE:
+        break;
+
+    default:
+        return NGX_OK;
+    }
+
+    /* the user's deadline brought back to the grace's end, never later */
+
+    for ( ;; ) {
+        fl = ngx_presence_flags(old);
+
+        if ((fl & (NGX_PRESENCE_ACTIVE|NGX_PRESENCE_REPLICA
+                   |NGX_PRESENCE_RECLAIM))
+            != NGX_PRESENCE_ACTIVE
+            || ngx_presence_passed(ngx_presence_deadline(old), until))
+        {
+            break;
+        }
+
+        new = ngx_presence_state(ngx_presence_seq(old), until, fl);
+
+        if (ngx_presence_cas(&node->state, &old, new)) {
+            break;
+        }
+    }
+
+    /* offline then with last_seen the moment it left */
+    ngx_presence_store(&node->last_seen, now);
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The grace of a user ended (a timer of the worker that saw the leave):
+ * offline if no device came back, as a heartbeat timeout would be.
+ */
+
+void
+ngx_presence_grace_end(ngx_presence_table_t *table, uint32_t id)
+{
+    uint32_t              fl, seq, tick;
+    uint64_t              old, new;
+    ngx_presence_node_t  *node;
+
+    node = ngx_presence_table_lookup(table, id);
+    if (node == NULL) {
+        return;
+    }
+
+    tick = ngx_presence_tick24(ngx_current_msec);
+    old = ngx_presence_load(&node->state);
+
+    for ( ;; ) {
+        fl = ngx_presence_flags(old);
+        seq = ngx_presence_seq(old);
+
+        if ((fl & (NGX_PRESENCE_ACTIVE|NGX_PRESENCE_REPLICA
+                   |NGX_PRESENCE_RECLAIM))
+            != NGX_PRESENCE_ACTIVE
+            || !ngx_presence_passed(ngx_presence_deadline(old), tick))
+        {
+            return;
+        }
+
+        if (ngx_presence_visible(fl)) {
+            seq++;
+            fl |= NGX_PRESENCE_DIRTY;
+        }
+
+        /* QUEUED stays: the sweeper unlinks it from its bucket */
+        new = ngx_presence_state(seq, ngx_presence_deadline(old),
+                                 fl & ~NGX_PRESENCE_ACTIVE);
+
+        if (ngx_presence_cas(&node->state, &old, new)) {
+            break;
+        }
+    }
+
+    ngx_presence_gc(table, node);
+
+    if (seq != ngx_presence_seq(old)) {
+        ngx_presence_notify(table, node, new,
+                            ngx_presence_load(&node->last_seen));
+    }
+}
+
+
+/* the devices whose deadlines passed taken out, under the mutex */
+
+static void
+ngx_presence_gc(ngx_presence_table_t *table, ngx_presence_node_t *node)
+{
+    uint32_t             tick;
+    ngx_presence_list_t  l;
+
+    tick = ngx_presence_tick24(ngx_current_msec);
+
+    ngx_shmtx_lock(&table->shpool->mutex);
+
+    do {
+        ngx_presence_list_read(table, node, &l);
+
+        if (!ngx_presence_list_gc(&l, tick)) {
+            break;
+        }
+
+    } while (ngx_presence_list_write(table, node, &l,
+                                     (l.dev & NGX_PRESENCE_DEV_SHOWN) != 0)
+             != NGX_OK);
+
+    ngx_shmtx_unlock(&table->shpool->mutex);
+}
+
+
+/*
+ * The sweeper at an online user whose own deadline has not passed: its
+ * devices' deadlines and its idle timeout.  A device gone or the user
+ * gone idle is a change.  Returns the tick to look again at: the
+ * earliest of "dl" (the user's deadline), a device's, the idle timeout.
+ */
+
+static uint32_t
+ngx_presence_devices_sweep(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint32_t dl, uint32_t tick)
+{
+    uint32_t                due;
+    uint64_t                w;
+    ngx_uint_t              idle, changed;
+    ngx_presence_list_t     l, was;
+    ngx_presence_devices_t  before, after;
+
+    w = ngx_presence_load(&node->dev);
+    due = dl;
+
+    if (ngx_presence_load(&node->more) == 0
+        && !ngx_presence_passed(ngx_presence_dev_deadline(w), tick))
+    {
+        ngx_presence_list_read(table, node, &l);
+
+        if (ngx_presence_load(&node->more) == 0
+            && ((w & NGX_PRESENCE_DEV_SHOWN)
+                || !ngx_presence_list_idle(table, &l, &due)))
+        {
+            /* nothing due: the device's deadline or its idle timeout */
+            return ngx_presence_list_due(&l, due);
+        }
+    }
+
+    ngx_shmtx_lock(&table->shpool->mutex);
+
+    for ( ;; ) {
+        ngx_presence_list_read(table, node, &l);
+        was = l;
+
+        changed = ngx_presence_list_gc(&l, tick);
+        due = dl;
+        idle = (l.dev & NGX_PRESENCE_DEV_SHOWN)
+               || ngx_presence_list_idle(table, &l, &due);
+
+        if (!changed && idle == ((l.dev & NGX_PRESENCE_DEV_SHOWN) != 0)) {
+            /* the usual visit: nothing due, nothing sorted */
+            break;
+        }
+
+        ngx_presence_list_show(table, &was,
+                               (was.dev & NGX_PRESENCE_DEV_SHOWN) != 0,
+                               &before);
+        ngx_presence_list_show(table, &l, idle, &after);
+
+        if (ngx_presence_list_write(table, node, &l, idle) == NGX_OK) {
+            changed = !ngx_presence_devices_equal(&before, &after);
+            goto done;
+        }
+    }
+
+    changed = 0;
+
+done:
+
+    ngx_shmtx_unlock(&table->shpool->mutex);
+
+    if (changed) {
+        ngx_presence_bump(table, node);
+    }
+
+    return ngx_presence_list_due(&l, due);
+}
+
+
+/*
+ * The interned names: open addressing of NGX_PRESENCE_NAMES_PROBE slots
+ * at most from a keyed hash, looked up without a lock, written under the
+ * mutex.  A slot is given to a new name only when its name was not used
+ * for table->name_age: names invented by the thousand hold slots only
+ * while their devices heartbeat, never for good.
+ */
+
+static ngx_inline uint32_t
+ngx_presence_name_hash(ngx_presence_table_t *table, u_char *name, size_t len)
+{
+    uint32_t  h;
+
+    h = 2166136261u ^ table->sh->seed;
+
+    while (len--) {
+        h = (h ^ *name++) * 16777619u;
+    }
+
+    h ^= h >> 15;
+
+    return h;
+}
+
+
+static ngx_int_t
+ngx_presence_name_find(ngx_presence_table_t *table, uint32_t h, u_char *name,
+    size_t len)
+{
+    uint32_t              i, k;
+    ngx_presence_name_t  *nm;
+
+    for (k = 0; k < NGX_PRESENCE_NAMES_PROBE; k++) {
+        i = (h + k) % table->sh->nnames;
+        nm = &table->sh->names[i];
+
+        if (ngx_presence_load(&nm->len) == len
+            && ngx_memcmp(nm->name, name, len) == 0
+            && ngx_presence_load(&nm->len) == len)
+        {
+            return i;
+        }
+    }
+
+    return -1;
+}
+
+
+uint32_t
+ngx_presence_device_id(ngx_presence_table_t *table, u_char *name, size_t len)
+{
+    time_t                now;
+    uint32_t              h, i, k, used;
+    ngx_int_t             found;
+    ngx_presence_name_t  *nm;
+
+    static time_t         logged;
+
+    if (len == 0 || len > NGX_PRESENCE_DEVICE_LEN
+        || (len == sizeof("default") - 1
+            && ngx_strncmp(name, "default", len) == 0))
+    {
+        return NGX_PRESENCE_DEVICE_DEFAULT;
+    }
+
+    now = ngx_time();
+    h = ngx_presence_name_hash(table, name, len);
+
+    found = ngx_presence_name_find(table, h, name, len);
+
+    if (found < 0) {
+        ngx_shmtx_lock(&table->shpool->mutex);
+
+        found = ngx_presence_name_find(table, h, name, len);
+
+        for (k = 0; found < 0 && k < NGX_PRESENCE_NAMES_PROBE; k++) {
+            i = (h + k) % table->sh->nnames;
+            nm = &table->sh->names[i];
+
+            /* slot 0 is "default", for ever */
+            if (i == 0
+                || (nm->len
+                    && (uint32_t) now - nm->used
+                       < (uint32_t) table->name_age))
+            {
+                continue;
+            }
+
+            ngx_presence_store(&nm->len, 0);
+            ngx_memcpy(nm->name, name, len);
+            nm->used = (uint32_t) now;
+            ngx_presence_store(&nm->len, (uint32_t) len);
+            found = i;
+        }
+
+        ngx_shmtx_unlock(&table->shpool->mutex);
+
+        if (found < 0) {
+            if (logged != now) {
+                logged = now;
+                ngx_log_error(NGX_LOG_WARN, table->log, 0,
+                              "presence zone \"%V\": no room for the device "
+                              "name \"%*s\", counted as \"default\"",
+                              &table->name, len, name);
+            }
+
+            return NGX_PRESENCE_DEVICE_DEFAULT;
+        }
+    }
+
+    nm = &table->sh->names[found];
+    used = ngx_presence_load(&nm->used);
+
+    if ((uint32_t) now - used > 10) {
+        /* a store every 10 s at most: the line is shared */
+        ngx_presence_store(&nm->used, (uint32_t) now);
+    }
+
+    return (uint32_t) found + 1;
+}
+
+
+size_t
+ngx_presence_device_name(ngx_presence_table_t *table, uint32_t device,
+    u_char *buf)
+{
+    size_t                len;
+    ngx_presence_name_t  *nm;
+
+    if (device == 0 || device > table->sh->nnames) {
+        return 0;
+    }
+
+    nm = &table->sh->names[device - 1];
+
+    len = ngx_presence_load(&nm->len);
+    ngx_memcpy(buf, nm->name, NGX_PRESENCE_DEVICE_LEN);
+
+    if (len > NGX_PRESENCE_DEVICE_LEN || ngx_presence_load(&nm->len) != len) {
+        return 0;
+    }
+
+    return len;
+}
+
+
+/* under the mutex: the records of "more" freed (a slot reused) */
+
+static void
+ngx_presence_list_free(ngx_presence_table_t *table, ngx_presence_node_t *node)
+{
+    uint32_t               off, next;
+    ngx_presence_extra_t  *x;
+
+    off = node->more;
+    ngx_presence_store(&node->more, 0);
+
+    while (off) {
+        x = ngx_presence_extra(table, off);
+        next = x->next;
+        ngx_slab_free_locked(table->shpool, x);
+        (void) ngx_atomic_fetch_add(&table->sh->extras, -1);
+        off = next;
+    }
+}
+
+
+/*
+ * A replica's devices as its owner logged them: shown as they are, never
+ * timed out here (the owner's sweeper does that, and logs it).
+ */
+
+static void
+ngx_presence_replica_devices(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, ngx_presence_devices_t *d)
+{
+    uint32_t             dl, sec;
+    ngx_uint_t           i;
+    ngx_presence_list_t  l, cur;
+
+    dl = ngx_presence_tick24(ngx_current_msec) + NGX_PRESENCE_DEADLINE_MASK / 2;
+    sec = ngx_presence_tick16();
+
+    for (i = 0, l.n = 0; i < d->n && i < NGX_PRESENCE_DEVICES_MAX; i++) {
+        l.w[l.n++] = ngx_presence_dev(d->names[i], dl, sec, 0,
+                                      d->idle ? NGX_PRESENCE_DEV_IDLE : 0);
+    }
+
+    ngx_shmtx_lock(&table->shpool->mutex);
+
+    do {
+        ngx_presence_list_read(table, node, &cur);
+        l.dev = cur.dev;
+
+    } while (ngx_presence_list_write(table, node, &l, d->idle) != NGX_OK);
+
+    ngx_shmtx_unlock(&table->shpool->mutex);
+}
+
+
+/* ,"activity":"idle","devices":["phone","web"] of an online user */
+
+u_char *
+ngx_presence_devices_json(u_char *p, ngx_presence_table_t *table,
+    ngx_presence_devices_t *d)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    if (d->idle) {
+        p = ngx_cpymem(p, ",\"activity\":\"idle\",\"devices\":[",
+                       sizeof(",\"activity\":\"idle\",\"devices\":[") - 1);
+
+    } else {
+        p = ngx_cpymem(p, ",\"activity\":\"active\",\"devices\":[",
+                       sizeof(",\"activity\":\"active\",\"devices\":[") - 1);
+    }
+
+    for (i = 0; i < d->n; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        *p++ = '"';
+        len = ngx_presence_device_name(table, d->names[i], p);
+        p += len;
+        *p++ = '"';
+    }
+
+    *p++ = ']';
+
+    return p;
+}
+
+
+/* the status JSON of the API, the events and Kafka, with the devices */
+
+u_char *
+ngx_presence_status_json(u_char *p, ngx_presence_table_t *table, uint32_t id,
+    ngx_uint_t online, uint64_t last_seen, uint32_t seq,
+    ngx_presence_devices_t *d)
+{
+    p = ngx_presence_json(p, id, online, last_seen, seq);
+
+    if (online && d) {
+        p = ngx_presence_devices_json(p - 1, table, d);
+        *p++ = '}';
+    }
+
+    return p;
 }

@@ -44,18 +44,41 @@
                                       |NGX_PRESENCE_DIRTY_REDIS)
 
 /* changes with the layout of the zone: a reload cannot reuse another */
-#define NGX_PRESENCE_MAGIC           0x70726573656e0005ULL
+#define NGX_PRESENCE_MAGIC           0x70726573656e0006ULL
 
 /* the slot load factor is kept at or below 4/5 */
 #define NGX_PRESENCE_LOAD_NUM        4
 #define NGX_PRESENCE_LOAD_DEN        5
+
+/* presence_devices: devices a user, default and limit */
+#define NGX_PRESENCE_DEVICES         8
+#define NGX_PRESENCE_DEVICES_MAX     8
+/* a device name: 1..16 of [a-z0-9_-]; name id 1 is "default" */
+#define NGX_PRESENCE_DEVICE_LEN      16
+#define NGX_PRESENCE_DEVICE_DEFAULT  1
+/*
+ * 1/32 of the nodes' share of the zone is left to the slab for the
+ * devices past the first (ngx_presence_extra_t, 16 bytes each): 2 bytes a
+ * user, one such device for every 8 users at the load factor's cap; more
+ * take a larger zone, 16 bytes each
+ */
+#define NGX_PRESENCE_EXTRA_SHARE     32
+
+/* the interned names: ids of 16 bits, a probe of at most 16 slots */
+#define NGX_PRESENCE_NAMES_MAX       65535
+#define NGX_PRESENCE_NAMES_MIN       64
+#define NGX_PRESENCE_NAMES_PROBE     16
+/* presence_idle_timeout, presence_offline_grace: defaults, ms */
+#define NGX_PRESENCE_IDLE_TIMEOUT    (5 * 60 * 1000)
+#define NGX_PRESENCE_IDLE_MAX        (3600 * 1000)
+#define NGX_PRESENCE_GRACE           5000
 
 /* presence_retain: offline users held this long, ms (7 days) */
 #define NGX_PRESENCE_RETAIN          (7 * 86400 * (ngx_msec_t) 1000)
 
 
 /*
- * One tracked user, 40 bytes.  Every change of status, seq or deadline is
+ * One tracked user, 48 bytes.  Every change of status, seq or deadline is
  * one compare-and-swap of "state":
  *
  *     bits 63..32  seq, grows with every change of the visible status
@@ -71,6 +94,18 @@
  *
  * written by the replica's consumer before its CAS of "state", by a
  * takeover after its CAS that cleared REPLICA.
+ *
+ * "dev" is the user's first device, "more" the list of the others
+ * (ngx_presence_extra_t, see ngx_presence_devices_lock() in the .c file).
+ * A device word:
+ *
+ *     bits 63..48  name id (ngx_presence_device_id()), 0: none
+ *     bits 47..24  the device's deadline, in ticks modulo 2^24
+ *     bits 23..8   its last heartbeat without idle=1, ticks mod 2^16
+ *     bits  7..3   its open event streams (at most 31 counted)
+ *     bit   2      "dev" only: the user was last published idle
+ *     bit   1      LEFT: its last device, left; the user in its grace
+ *     bit   0      IDLE: its last heartbeat said idle=1
  */
 
 typedef struct {
@@ -78,10 +113,36 @@ typedef struct {
     uint32_t                    next;        /* wheel link: slot + 1, 0 ends */
     uint64_t                    state;
     uint64_t                    last_seen;   /* ms since the epoch, 0: never */
-    uint32_t                    streams;     /* open event streams */
+    uint32_t                    more;        /* the other devices: offset
+                                                of the first / 16, 0: none */
     uint32_t                    queued;      /* tick of the bucket it is in */
     uint64_t                    owner;       /* epoch << 32 | owner node */
+    uint64_t                    dev;         /* the first device */
 } ngx_presence_node_t;
+
+
+/* a device past the first, 16 bytes of the slab */
+typedef struct {
+    uint64_t                    dev;         /* as node->dev */
+    uint32_t                    next;        /* as node->more */
+    uint32_t                    id;          /* its user's */
+} ngx_presence_extra_t;
+
+
+/* an interned device name, "len" 0 while it is written */
+typedef struct {
+    u_char                      name[NGX_PRESENCE_DEVICE_LEN];
+    uint32_t                    used;        /* ngx_time() last used, s */
+    uint32_t                    len;
+} ngx_presence_name_t;
+
+
+/* the devices a user is shown with: name ids, sorted by name */
+typedef struct {
+    uint16_t                    names[NGX_PRESENCE_DEVICES_MAX];
+    ngx_uint_t                  n;
+    ngx_uint_t                  idle;
+} ngx_presence_devices_t;
 
 
 /* per-process counters, one cache line each, summed by the metrics */
@@ -90,8 +151,11 @@ typedef struct {
     uint64_t                    to_online;
     uint64_t                    to_offline;
     uint64_t                    full;
-    uint64_t                    reserved[3]; /* a cache line each; the
+    uint64_t                    reserved[2]; /* a cache line each; the
                                                 events' counters were here */
+    uint64_t                    hand;        /* not a counter: the slot + 1
+                                                of the node this process is
+                                                pushing onto the wheel */
     uint64_t                    pin;         /* not a counter: the slot + 1
                                                 this process last looked up */
 } ngx_presence_counters_t;
@@ -120,6 +184,10 @@ typedef struct {
                                                 this long goes; NO_AGE: none */
     uint64_t                    oldest;      /* last_seen, the oldest one the
                                                 scan's pass left */
+    uint32_t                    nnames;      /* slots of "names" */
+    uint32_t                    seed;        /* of the names' hash */
+    ngx_presence_name_t        *names;
+    ngx_atomic_t                extras;      /* ngx_presence_extra_t held */
     uint32_t                    wheel[NGX_PRESENCE_WHEEL];
     ngx_presence_counters_t     counters[NGX_MAX_PROCESSES];
     ngx_presence_node_t        *nodes;
@@ -145,6 +213,7 @@ typedef struct {
                                                 the log needs the new owner,
                                                 the subscribers get no event:
                                                 the same seq again */
+    ngx_presence_devices_t      devices;     /* of an online user */
 } ngx_presence_change_t;
 
 
@@ -176,6 +245,12 @@ struct ngx_presence_table_s {
                                                 reclaimed once they hold it */
     uint32_t                    node;        /* this node's hash in a
                                                 cluster, 0: no cluster */
+
+    ngx_uint_t                  devices;     /* presence_devices */
+    ngx_msec_t                  idle_timeout;
+    ngx_msec_t                  grace;       /* presence_offline_grace */
+    time_t                      name_age;    /* a name unused this long, s,
+                                                may be given to another */
 };
 
 
@@ -189,6 +264,7 @@ typedef struct {
                                                 have not answered yet */
     uint64_t                    last_seen;
     uint32_t                    seq;
+    ngx_presence_devices_t      devices;     /* of an online user */
 } ngx_presence_status_t;
 
 
@@ -210,17 +286,70 @@ ngx_presence_node_t *ngx_presence_table_lookup(ngx_presence_table_t *table,
 ngx_presence_node_t *ngx_presence_table_get(ngx_presence_table_t *table,
     uint32_t id);
 
+/*
+ * A process starts in its process slot (init_process): what the slot's
+ * last process had in hand when it was killed is let go of.
+ */
+void ngx_presence_table_init_process(ngx_presence_table_t *table);
+
 /* flags of a heartbeat */
 #define NGX_PRESENCE_SHOW            1      /* visible again (PUT online) */
+#define NGX_PRESENCE_BEAT_IDLE       2      /* idle=1 */
+#define NGX_PRESENCE_STREAM_OPEN     4      /* an event stream opened */
 
+/* a heartbeat of the device "default" */
 void ngx_presence_heartbeat(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
     ngx_uint_t flags);
+/*
+ * 1: the user went active and its node is queued on the wheel for later
+ * than table->idle_timeout (shorter than this timeout): the caller arms a
+ * timer of idle_timeout + NGX_PRESENCE_TICK for ngx_presence_idle_check()
+ */
+ngx_uint_t ngx_presence_device_beat(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now, ngx_msec_t timeout,
+    ngx_uint_t flags, uint32_t device);
+void ngx_presence_idle_check(ngx_presence_table_t *table, uint32_t id);
 void ngx_presence_hide(ngx_presence_table_t *table,
     ngx_presence_node_t *node, uint64_t now);
-void ngx_presence_leave(ngx_presence_table_t *table,
-    ngx_presence_node_t *node, uint64_t now);
+
+/*
+ * A device gone (POST /v1/leave, a gateway's "gone"; "stream" 1: one of
+ * its event streams closed, gone with the last one).  NGX_AGAIN: it was
+ * the user's last device, the user is in its grace: offline at
+ * ngx_presence_grace_end() unless a device heartbeats before (the caller
+ * arms a timer of table->grace + NGX_PRESENCE_TICK; if it is lost, the
+ * wheel takes the user offline at that time or at the latest its
+ * heartbeat deadline).  NGX_OK: done.
+ */
+ngx_int_t ngx_presence_leave(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, uint64_t now, uint32_t device,
+    ngx_uint_t stream);
+void ngx_presence_grace_end(ngx_presence_table_t *table, uint32_t id);
+
+/*
+ * The name id of a device name (valid: 1..16 of [a-z0-9_-]), interned;
+ * "default" when the names are full (logged).  A name unused for
+ * table->name_age may be given to another: a user's devices heartbeat
+ * more often than that, so no online device is shown with another's name.
+ */
+uint32_t ngx_presence_device_id(ngx_presence_table_t *table, u_char *name,
+    size_t len);
+/* the name of an id, into "buf" (NGX_PRESENCE_DEVICE_LEN); 0: none */
+size_t ngx_presence_device_name(ngx_presence_table_t *table, uint32_t device,
+    u_char *buf);
+
+/* read() leaves st->devices empty; peek() fills them for an online user */
 void ngx_presence_read(ngx_presence_node_t *node, ngx_presence_status_t *st);
+
+/* ,"activity":...,"devices":[...] and the whole status JSON with them */
+u_char *ngx_presence_devices_json(u_char *p, ngx_presence_table_t *table,
+    ngx_presence_devices_t *d);
+u_char *ngx_presence_status_json(u_char *p, ngx_presence_table_t *table,
+    uint32_t id, ngx_uint_t online, uint64_t last_seen, uint32_t seq,
+    ngx_presence_devices_t *d);
+void ngx_presence_devices_of(ngx_presence_table_t *table,
+    ngx_presence_node_t *node, ngx_presence_devices_t *d);
 
 /* lookup() and read() without a pin, for readers: NGX_DECLINED: no user */
 ngx_int_t ngx_presence_table_peek(ngx_presence_table_t *table, uint32_t id,
@@ -262,6 +391,7 @@ typedef struct {
     ngx_uint_t                  online;
     ngx_uint_t                  invisible;
     uint64_t                    last_seen;
+    ngx_presence_devices_t      devices;     /* names interned here */
 } ngx_presence_replica_t;
 
 

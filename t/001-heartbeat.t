@@ -20,7 +20,7 @@ bearer(7)
 --- error_code eval
 [204, 200]
 --- response_body_like eval
-[qr/^$/, qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":1\}$/]
+[qr/^$/, qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/]
 --- response_headers eval
 ["", "Content-Type: application/json"]
 
@@ -53,7 +53,7 @@ bearer(7)
 [204, 204, 204, 200, 204, 200]
 --- response_body_like eval
 [qr/^$/, qr/^$/, qr/^$/,
- qr/^\{"id":7,"status":"online","last_seen":(\d{13})(?{ $::seen = $^N }),"seq":1\}$/,
+ qr/^\{"id":7,"status":"online","last_seen":(\d{13})(?{ $::seen = $^N }),"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^$/,
  qr/^\{"id":7,"status":"offline","last_seen":(??{ $::seen }),"seq":2\}$/]
 
@@ -71,7 +71,7 @@ bearer(7)
 [204, 204, 204, 204, 204, 204, 204, 200]
 --- response_body_like eval
 [qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/,
- qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":1\}$/]
+ qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/]
 
 
 
@@ -86,7 +86,7 @@ bearer(7)
 [204, 204, 204, 200]
 --- response_body_like eval
 [qr/^$/, qr/^$/, qr/^$/,
- qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":3\}$/]
+ qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["default"\]\}$/]
 
 
 
@@ -113,7 +113,7 @@ bearer(7)
 --- error_code eval
 [204, 200]
 --- response_body_like eval
-[qr/^$/, qr/^\{"statuses":\[\{"id":3,"error":"not_subscribed"\},\{"id":7,"status":"online","last_seen":\d{13},"seq":1\},\{"id":7,"status":"online","last_seen":\d{13},"seq":1\},\{"id":2147483647,"error":"not_subscribed"\}\]\}$/]
+[qr/^$/, qr/^\{"statuses":\[\{"id":3,"error":"not_subscribed"\},\{"id":7,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\},\{"id":7,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\},\{"id":2147483647,"error":"not_subscribed"\}\]\}$/]
 
 
 

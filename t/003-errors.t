@@ -160,7 +160,7 @@ bearer(7)
 --- error_code eval
 [204, 200, 401, 401]
 --- response_body_like eval
-[qr/^$/, qr/^\{"id":12,"status":"online","last_seen":\d{13},"seq":1\}$/,
+[qr/^$/, qr/^\{"id":12,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/"unauthorized"/, qr/"unauthorized"/]
 
 

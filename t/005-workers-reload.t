@@ -50,7 +50,7 @@ __DATA__
 --- error_code eval
 [map { (204, 200) } @::USERS]
 --- response_body_like eval
-[map { (qr/^$/, qr/^\{"id":$_,"status":"online","last_seen":\d{13},"seq":1\}$/) } @::USERS]
+[map { (qr/^$/, qr/^\{"id":$_,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/) } @::USERS]
 
 
 
@@ -67,7 +67,7 @@ __DATA__
 --- error_code eval
 [map { 200 } 0 .. @::USERS]
 --- response_body_like eval
-[(map { qr/^\{"id":$_,"status":"online","last_seen":\d{13},"seq":1\}$/ } @::USERS),
+[(map { qr/^\{"id":$_,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/ } @::USERS),
  qr/\npresence_online_users 20\n.*\npresence_tracked_users 20\n.*\npresence_heartbeats_total 20\n.*\npresence_transitions_total\{to="online"\} 20\n/s]
 
 
@@ -87,7 +87,7 @@ select undef, undef, undef, 0.3;
 --- error_code eval
 [(map { 200 } @::USERS), 204, 204, 204, 204, 204, 200]
 --- response_body_like eval
-[(map { qr/^\{"id":$_,"status":"online","last_seen":\d{13},"seq":1\}$/ } @::USERS),
+[(map { qr/^\{"id":$_,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/ } @::USERS),
  (qr/^$/) x 5, qr/^\{"id":21,"status":"offline","last_seen":\d{13},"seq":2\}$/]
 --- no_error_log
 [error]

@@ -53,9 +53,9 @@ presence zone "presence" is full (3 users), user 4 refused
 [503, 204, 200, 200, 200, 200, 200]
 --- response_body_like eval
 [error_like("unavailable"), qr/^$/,
- qr/^\{"id":1,"status":"online","last_seen":\d{13},"seq":1\}$/,
- qr/^\{"id":2,"status":"online","last_seen":\d{13},"seq":1\}$/,
- qr/^\{"id":3,"status":"online","last_seen":\d{13},"seq":1\}$/,
+ qr/^\{"id":1,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
+ qr/^\{"id":2,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
+ qr/^\{"id":3,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^\{"id":4,"status":"offline","last_seen":null,"seq":0\}$/,
  qr/\npresence_online_users 3\n.*\npresence_tracked_users 3\n.*presence_capacity_users 3\n.*\npresence_zone_full_total 2\n/s]
 --- no_error_log
@@ -83,8 +83,8 @@ presence zone "presence" is full (3 users), user 4 refused
 [204, 204, 204, 204, 204, 204, 204, 200, 200, 200]
 --- response_body_like eval
 [qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/, qr/^$/,
- qr/^\{"id":4,"status":"online","last_seen":\d{13},"seq":\d*[13579]\}$/,
- qr/^\{"id":6,"status":"online","last_seen":\d{13},"seq":\d*[13579]\}$/,
+ qr/^\{"id":4,"status":"online","last_seen":\d{13},"seq":\d*[13579],"activity":"active","devices":\["default"\]\}$/,
+ qr/^\{"id":6,"status":"online","last_seen":\d{13},"seq":\d*[13579],"activity":"active","devices":\["default"\]\}$/,
  qr/\npresence_online_users 3\n.*\npresence_tracked_users 3\n.*\npresence_zone_full_total 0\n.*\npresence_reclaimed_total 3\n/s]
 --- no_error_log
 [error]

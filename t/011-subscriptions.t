@@ -26,7 +26,7 @@ pg_reset(users => [[1001, 'alice'], [1002, 'bob']]);
 --- response_body_like eval
 [qr/^$/, qr/"code":"not_subscribed"/,
  qr/^\{"id":1001,"name":"alice","status":"online","last_seen":\d{13}\}$/,
- qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1\}$/,
+ qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^\{"id":1001,"name":"alice","status":"online","last_seen":\d{13}\}$/,
  qr/^$/, qr/"code":"not_subscribed"/, qr/^$/]
 

@@ -24,13 +24,16 @@ sub body {
     return "POST /v1/presence\n$json";
 }
 
-our $ONLINE = qr/^\{"id":\d+,"status":"online","last_seen":\d{13},"seq":1\}$/;
+our $ONLINE = qr/^\{"id":\d+,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["ws"\]\}$/;
+our $IDLE = qr/^\{"id":\d+,"status":"online","last_seen":\d{13},"seq":1,"activity":"idle","devices":\["ws"\]\}$/;
+our $GATEWAY = qr/^\{"id":\d+,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["gateway"\]\}$/;
 
 # no user times out during a block, however slow the machine
 our $HTTP = <<'CONF';
 presence_zone name=presence size=4m;
 presence_heartbeat_timeout 10s;
 presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
+presence_offline_grace 0;
 CONF
 
 add_block_preprocessor(sub {
@@ -45,9 +48,8 @@ __DATA__
 
 === TEST 1: online, idle and gone ids change exactly those users
 5 and 7 are online by their own heartbeats first; the gateway reports 1, 2,
-3 online, 4 idle (a heartbeat too: idle is not modelled yet) and 5 gone:
-5 goes offline at once, last seen then; 6 and 7 are not named and keep
-their state.
+3 online, 4 idle and 5 gone (its device ws; no grace here): 5 goes offline
+at once, last seen then; 6 and 7 are not named and keep their state.
 --- config
     # api
     location = /v1/presence {
@@ -55,7 +57,7 @@ their state.
         presence_gateway_secret gateway-test-secret-0123456789;
     }
 --- request eval
-["POST /v1/heartbeat", "POST /v1/heartbeat",
+["POST /v1/heartbeat?device=ws", "POST /v1/heartbeat",
  ::body('{"device": "ws", "online": [1, 2, 3], "idle": [4], "gone": [5]}'),
  ::status_of(1 .. 7)]
 --- more_headers eval
@@ -64,10 +66,10 @@ their state.
 [204, 204, 204, (200) x 7]
 --- response_body_like eval
 [qr/^$/, qr/^$/, qr/^$/,
- ($::ONLINE) x 4,
+ ($::ONLINE) x 3, $::IDLE,
  qr/^\{"id":5,"status":"offline","last_seen":\d{13},"seq":2\}$/,
  qr/^\{"id":6,"status":"offline","last_seen":null,"seq":0\}$/,
- qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":1\}$/]
+ qr/^\{"id":7,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/]
 
 
 
@@ -104,7 +106,7 @@ User 5 is online; each body names it gone, with one bad id elsewhere.
  qr/^\{"error":\{"code":"bad_request","message":"online\[0\] is not a user id[^"]*"\}\}$/,
  qr/^\{"id":1,"status":"offline","last_seen":null,"seq":0\}$/,
  qr/^\{"id":4,"status":"offline","last_seen":null,"seq":0\}$/,
- qr/^\{"id":5,"status":"online","last_seen":\d{13},"seq":1\}$/]
+ qr/^\{"id":5,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/]
 
 
 
@@ -131,7 +133,7 @@ User 5 is online; each body names it gone, with one bad id elsewhere.
 [(400) x 10, 204, 204, 200]
 --- response_body_like eval
 [(error_like('bad_request')) x 10, qr/^$/, qr/^$/,
- qr/^\{"id":1,"status":"online","last_seen":\d{13},"seq":1\}$/]
+ qr/^\{"id":1,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["a-b_9"\]\}$/]
 
 
 
@@ -143,7 +145,7 @@ User 5 is online; each body names it gone, with one bad id elsewhere.
         presence_gateway_secret gateway-test-secret-0123456789;
     }
 --- request eval
-["POST /v1/heartbeat",
+["POST /v1/heartbeat?device=ws",
  "POST /v1/presence\ndevice ws\r\nonline 1,2, 3\nidle 4\n\ngone 5\n",
  "POST /v1/presence\nonline 6,x\n", "POST /v1/presence\nonline 6\nonline 7\n",
  "POST /v1/presence\nofline 6\n", "POST /v1/presence\ndevice Ws\n",
@@ -159,7 +161,7 @@ User 5 is online; each body names it gone, with one bad id elsewhere.
  qr/^\{"error":\{"code":"bad_request","message":"online\[1\] is not a user id[^"]*"\}\}$/,
  (error_like('bad_request')) x 3,
  qr/^\{"error":\{"code":"bad_request","message":"online\[1\]: 0 is not a user id[^"]*"\}\}$/,
- ($::ONLINE) x 4,
+ ($::ONLINE) x 3, $::IDLE,
  qr/^\{"id":5,"status":"offline","last_seen":\d{13},"seq":2\}$/,
  qr/^\{"id":6,"status":"offline","last_seen":null,"seq":0\}$/]
 
@@ -213,7 +215,7 @@ With presence_gateway_max 3 the body may be 4 KiB plus 16 bytes per id.
 [qr/^\{"error":\{"code":"bad_request","message":"[^"]*more than 3 ids[^"]*"\}\}$/,
  qr/^$/, error_like('payload_too_large'),
  qr/^\{"error":\{"code":"bad_request","message":"[^"]*more than 3 ids[^"]*"\}\}$/,
- qr/^\{"id":1,"status":"online","last_seen":\d{13},"seq":1\}$/]
+ $::GATEWAY]
 
 
 
@@ -237,7 +239,7 @@ With presence_gateway_max 3 the body may be 4 KiB plus 16 bytes per id.
 --- response_body_like eval
 [qr/^$/,
  qr/^\{"error":\{"code":"bad_request","message":"[^"]*more than 10000 ids[^"]*"\}\}$/,
- qr/^$/, ($::ONLINE) x 2,
+ qr/^$/, $::ONLINE, $::GATEWAY,
  qr/^\{"id":1,"status":"offline","last_seen":null,"seq":0\}$/]
 --- timeout: 10
 
@@ -273,7 +275,7 @@ With presence_gateway_max 3 the body may be 4 KiB plus 16 bytes per id.
  (error_like('bad_request')) x 4,
  qr/^$/,
  qr/^\{"id":5,"status":"offline","last_seen":null,"seq":0\}$/,
- ($::ONLINE) x 2]
+ ($::GATEWAY) x 2]
 
 
 
@@ -328,7 +330,7 @@ gateway-test-secret-0123456789
 --- error_code eval
 [204, 401, 200]
 --- response_body_like eval
-[qr/^$/, error_like('unauthorized'), $::ONLINE]
+[qr/^$/, error_like('unauthorized'), $::GATEWAY]
 
 
 

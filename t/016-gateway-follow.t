@@ -20,7 +20,7 @@ sub Test::Nginx::Util::user_log {
     my @m = grep { $_->[0] eq $uid }
             PresenceKafka::kafka_messages($ENV{TEST_NGINX_KAFKA_TOPIC});
     return join ' ', map {
-        $_->[1] =~ /^\{"id":$uid,"status":"(\w+)","last_seen":(\d+),"seq":(\d+)\}$/
+        $_->[1] =~ /^\{"id":$uid,"status":"(\w+)","last_seen":(\d+),"seq":(\d+)(?(?{ $1 eq 'online' }),"activity":"active","devices":\["ws"\])\}$/
             ? "$1/$3/$2" : "bad:$_->[1]"
     } @m;
 }
@@ -42,6 +42,7 @@ presence_postgres "$TEST_NGINX_PG_DSN" pool=2 timeout=3s;
 presence_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=500ms;
 presence_kafka brokers=$TEST_NGINX_KAFKA_BROKERS topic=$TEST_NGINX_KAFKA_TOPIC;
 presence_sync_interval 200ms;
+presence_offline_grace 0;
 # events publisher
 CONF
 
@@ -85,7 +86,7 @@ for my $u (1001, 1003) {
                    "$u online in PostgreSQL") or Test::More::diag(pg_state($u));
 }
 # a plain refresh of 1001, 1003 gone (the text form)
-Test::More::is(main::gateway("online 1001\ngone 1003\n", 'text/plain'), 204,
+Test::More::is(main::gateway("device ws\nonline 1001\ngone 1003\n", 'text/plain'), 204,
                'gateway: 1001 refreshed, 1003 gone');
 my $st = self_status(1003);
 Test::More::is($st->[0], 'offline', '1003 offline at once');
@@ -110,13 +111,13 @@ my @data = sort map { $_->{data} } @$ev;
 Test::More::is(scalar @data, 3, 'three events: two online, one offline')
     or Test::More::diag(join "\n", @data);
 Test::More::like($data[0] // '',
-    qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1\}$/,
+    qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["ws"\]\}$/,
     '1001 online');
 Test::More::like($data[1] // '',
     qr/^\{"id":1003,"status":"offline","last_seen":$st->[1],"seq":2\}$/,
     '1003 offline, last seen when it left');
 Test::More::like($data[2] // '',
-    qr/^\{"id":1003,"status":"online","last_seen":\d{13},"seq":1\}$/,
+    qr/^\{"id":1003,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["ws"\]\}$/,
     '1003 online');
 --- request
 GET /metrics

@@ -51,7 +51,7 @@ Test::More::ok(!grep({ $_ eq 'masked' } @$other), "server frames unmasked");
 Test::More::is(scalar @$ev, 2, "two events: online, offline")
     or Test::More::diag(join "\n", map { $_->{data} } @$ev);
 Test::More::like($ev->[0]{data} // '',
-    qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1\}$/,
+    qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
     "online event");
 Test::More::like($ev->[1]{data} // '',
     qr/^\{"id":1001,"status":"offline","last_seen":\d{13},"seq":2\}$/,

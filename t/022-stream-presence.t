@@ -1,7 +1,7 @@
 # An open event stream keeps its owner online (nchan_subscribe_request),
-# its end counts as the last activity (nchan_unsubscribe_request), and the
-# lease of the stream's heartbeat bounds how long a dead stream can pass
-# for alive.
+# its end is its device leaving (nchan_unsubscribe_request: offline after
+# the grace, never later than the lease), and the lease of the stream's
+# heartbeat bounds how long a dead stream can pass for alive.
 
 use lib 't/lib';
 use Test::Nginx::Socket 'no_plan';
@@ -48,9 +48,9 @@ $main::sse = sse_start('/v1/events?ids=1001&ticket=' . ticket(1002), $main::SSE)
 [204, 200, 204, 200, 204, 200]
 --- response_body_like eval
 [qr/^$/,
- qr/^\{"id":1002,"status":"online","last_seen":(\d{13})(?{ $::opened = $^N }),"seq":1\}$/,
+ qr/^\{"id":1002,"status":"online","last_seen":(\d{13})(?{ $::opened = $^N }),"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^$/,
- qr/^\{"id":1002,"status":"online","last_seen":\d{13},"seq":1\}$/,
+ qr/^\{"id":1002,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^$/,
  qr/^\{"id":1002,"status":"offline","last_seen":(\d{13})(?(?{ $^N - $::opened >= 700 })|(*FAIL)),"seq":2\}$/]
 --- no_error_log

@@ -57,9 +57,9 @@ sse_stop($main::sse);
 my ($ev) = sse_read($main::SSE);
 Test::More::is(scalar @$ev, 3, "three events, none for user 1003")
     or Test::More::diag(join "\n", map { $_->{data} } @$ev);
-my @want = (qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1\}$/,
+my @want = (qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
             qr/^\{"id":1001,"status":"offline","last_seen":\d{13},"seq":2\}$/,
-            qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3\}$/);
+            qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":3,"activity":"active","devices":\["default"\]\}$/);
 for my $i (0 .. 2) {
     Test::More::like($ev->[$i]{data} // '', $want[$i], "event $i");
     my ($ls) = ($ev->[$i]{data} // '') =~ /"last_seen":(\d+)/;

@@ -100,7 +100,7 @@ $main::sse = sse_start("/v1/events?ids=1001&ticket=$bob", $main::SSE);
 [204, 200, 200, 204, 204, 204, 204]
 --- response_body_like eval
 [qr/^$/,
- qr/^\{"id":1002,"status":"online","last_seen":\d{13},"seq":1\}$/,
+ qr/^\{"id":1002,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
  qr/^\{"id":1003,"status":"offline",/,
  qr/^$/, qr/^$/, qr/^$/, qr/^$/]
 
@@ -114,8 +114,9 @@ Test::More::like($st, qr/"status":"offline"/,
 sse_stop($main::sse);
 Time::HiRes::sleep(0.2);
 (undef, $h, $st) = http_request('GET', '/v1/status/1002', bearer(1002));
-Test::More::like($st, qr/"status":"online"/,
-                 "the stream's end (its ticket expired) is its owner's heartbeat");
+Test::More::like($st, qr/"status":"offline"/,
+                 "the stream's end (its ticket expired) is its device "
+                 . "leaving, no heartbeat: still offline");
 my ($ev, $status) = sse_read($main::SSE);
 Test::More::like($status, qr{^HTTP/1.1 200}, "the stream was open");
 Test::More::is(scalar @$ev, 4, "online, offline, online, offline")

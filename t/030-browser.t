@@ -33,8 +33,14 @@ presence_heartbeat_timeout 30s;
 presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
 presence_postgres "$TEST_NGINX_PG_DSN" pool=2 timeout=3s;
 presence_ticket_ttl 1s;
+# the last tab closed: grey 1 s later
+presence_offline_grace 1s;
 # events publisher
 CONF
+
+# before nginx starts: its warm start would load the last run's users, and
+# the users signed up here get their ids again (B would not be "never seen")
+pg_reset();
 
 run_tests();
 
@@ -44,8 +50,11 @@ __DATA__
 --- config
     # pg api
     location = /v1/events/ticket { presence_events_ticket; }
-    # streams end after 4 s: the page opens them again with new tickets
-    # events timeout=4s
+    # a closed tab's sendBeacon
+    location = /v1/leave { presence_leave; }
+    # streams end after 4 s: the page opens them again with new tickets;
+    # a stream is its tab's device (its close a leave)
+    # events timeout=4s hooks
     location / {
         root $TEST_NGINX_DEMO_HTML;
         default_type text/html;

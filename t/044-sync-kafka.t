@@ -26,12 +26,14 @@ for my $name (qw(kafka_messages kafka_down kafka_up)) {
     *{"Test::Nginx::Util::$name"} = \&{"PresenceKafka::$name"};
 }
 
-# the messages of one user: "status/seq/last_seen ..." in topic order
+# the messages of one user: "status/seq/last_seen ..." in topic order; an
+# online one with its devices (none when it went out after the user was
+# offline again: the broker was down)
 sub Test::Nginx::Util::user_log {
     my ($uid) = @_;
     my @m = grep { $_->[0] eq $uid } kafka_messages($ENV{TEST_NGINX_KAFKA_TOPIC});
     return join ' ', map {
-        $_->[1] =~ /^\{"id":$uid,"status":"(\w+)","last_seen":(\d+),"seq":(\d+)\}$/
+        $_->[1] =~ /^\{"id":$uid,"status":"(\w+)","last_seen":(\d+),"seq":(\d+)(?(?{ $1 eq 'online' }),"activity":"active","devices":\[(?:"default")?\])\}$/
             ? "$1/$3/$2" : "bad:$_->[1]"
     } @m;
 }

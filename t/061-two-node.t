@@ -161,7 +161,7 @@ my $ev = events($file1, 2, 4);
 is(scalar @$ev, 2, "bob's stream on B got alice's online and offline (timeout 1s) events")
     or diag(join "\n", map { $_->{data} } @$ev);
 like($ev->[0]{data} // '',
-     qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1\}$/,
+     qr/^\{"id":1001,"status":"online","last_seen":\d{13},"seq":1,"activity":"active","devices":\["default"\]\}$/,
      "online event from node A");
 like($ev->[1]{data} // '',
      qr/^\{"id":1001,"status":"offline","last_seen":\d{13},"seq":2\}$/,
@@ -296,7 +296,7 @@ SKIP: {
     my $ev = [grep { ($_->{data} // '') =~ /"seq":(\d+)/ && $1 > $seq0 }
               @{ events($file3, 3, 3) }];
     like($ev->[0]{data} // '',
-         qr/^\{"id":$watched,"status":"online","last_seen":\d{13},"seq":\d+\}$/,
+         qr/^\{"id":$watched,"status":"online","last_seen":\d{13},"seq":\d+,"activity":"active","devices":\["default"\]\}$/,
          "the watcher's stream (node B) got the online event from node A");
     like($ev->[1]{data} // '',
          qr/^\{"id":$watched,"status":"offline","last_seen":\d{13},"seq":\d+\}$/,

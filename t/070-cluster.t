@@ -321,7 +321,8 @@ is(scalar @offline, 1, "one offline event");
 like($offline[0] // '', qr/"seq":$seq_off\}/, "B's, seq $seq_off");
 my @online = grep { /"status":"online"/ } @data;
 is(scalar @online, 1, "one online event: B's takeover publishes none");
-like($online[0] // '', qr/"seq":$seq_a\}/, "A's, seq $seq_a");
+like($online[0] // '', qr/"seq":$seq_a,"activity":"active","devices":\["default"\]\}/,
+     "A's, seq $seq_a");
 
 my @msgs = log_of($topic, $mover);
 my @owners = map { $_->[0] =~ /presence-owner=(\w+)/ ? $1 : '?' } @msgs;
@@ -365,16 +366,18 @@ ok(from_c(qq({"id":3020,"status":"online","last_seen":$ls,"seq":1})),
    "node c's stale online (seq 1) is in the log");
 ok(from_c(qq({"id":3020,"status":"online","last_seen":$ls,"seq":3})),
    "then its online at seq 3");
-like(both_like(qr/"status":"online","last_seen":$ls,"seq":3\}/),
-     qr/^a .*"seq":3\} b .*"seq":3\}$/,
+# a message without devices (as a node of an older version logs it): none
+my $none = ',"activity":"active","devices":\[\]\}';
+like(both_like(qr/"status":"online","last_seen":$ls,"seq":3$none/),
+     qr/^a .*"seq":3$none b .*"seq":3$none$/,
      "both nodes apply seq 3, and ignored seq 1");
 ok(from_c(qq({"id":3020,"status":"offline","last_seen":$ls,"seq":3}), 0),
    "a message of the same version again (another state)");
 ok(from_c(qq({"id":3020,"status":"online","last_seen":$ls,"seq":1}), 9),
    "an older seq with a higher epoch");
 Time::HiRes::sleep(2.5);
-like(both_like(qr/"status":"online","last_seen":$ls,"seq":3\}/),
-     qr/^a .*"online".*"seq":3\} b .*"online".*"seq":3\}$/,
+like(both_like(qr/"status":"online","last_seen":$ls,"seq":3$none/),
+     qr/^a .*"online".*"seq":3$none b .*"online".*"seq":3$none$/,
      "both ignored them, and 2.5 s on (timeout 2 s) neither timed c's user out");
 ok(from_c(qq({"id":3020,"status":"offline","last_seen":$ls,"seq":4})),
    "c's user goes offline, seq 4");
@@ -431,10 +434,44 @@ like(both_like(qr/"status":"offline","last_seen":$ls,"seq":4\}/),
         last if $st =~ /"status":"online"/;
         Time::HiRes::sleep(0.025);
     }
-    like(status_of(a => 3012), qr/"status":"online","last_seen":\d+,"seq":3\}/,
+    like(status_of(a => 3012), qr/"status":"online","last_seen":\d+,"seq":3,"activity":"active","devices":\["default"\]\}/,
          "its heartbeat there: online at seq 3");
-    like($st, qr/"status":"online","last_seen":\d+,"seq":3\}/,
+    like($st, qr/"status":"online","last_seen":\d+,"seq":3,"activity":"active","devices":\["default"\]\}/,
          "and node B follows (seq 3 is newer than what it holds)");
+}
+
+
+# 9. devices and idle (issue 14): a user's devices and activity on A are
+# what node B's replica shows, and follow a device leaving
+
+{
+    my $u = 3013;
+    my $same = sub {
+        my ($re) = @_;
+        my ($sa, $sb) = ('', '');
+        for (1 .. 80) {
+            ($sa, $sb) = (status_of(a => $u), status_of(b => $u));
+            last if $sa =~ $re && $sb =~ $re;
+            Time::HiRes::sleep(0.025);
+        }
+        return "a $sa b $sb";
+    };
+    req(POST => $PA, '/v1/heartbeat?device=web', $u);
+    req(POST => $PA, '/v1/heartbeat?device=phone&idle=1', $u);
+    my $two = qr/"seq":(\d+),"activity":"active","devices":\["phone","web"\]\}/;
+    like($same->($two), qr/^a .*$two b .*$two$/,
+         "B's replica shows A's two devices, active");
+    req(POST => $PA, '/v1/heartbeat?device=web&idle=1', $u);
+    my $idle = qr/"activity":"idle","devices":\["phone","web"\]\}/;
+    like($same->($idle), qr/^a .*$idle b .*$idle$/,
+         "both idle once every device said idle=1");
+    req(POST => $PA, '/v1/leave?device=phone', $u);
+    my $one = qr/"activity":"idle","devices":\["web"\]\}/;
+    like($same->($one), qr/^a .*$one b .*$one$/,
+         "the phone left: B shows web only");
+    my ($sa, $sb) = map { /"seq":(\d+)/ ? $1 : -1 } status_of(a => $u),
+                                                   status_of(b => $u);
+    is($sb, $sa, "the same seq on both, $sa");
 }
 
 nginx_stop($dir{$_}) for qw(a b);

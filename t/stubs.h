@@ -15,7 +15,10 @@
  *   NGX_STUBS_SHM   ngx_slab_calloc from an arena the test hands over
  *                   (stub_arena: a MAP_SHARED mapping for forked workers),
  *                   else calloc; ngx_shmtx_lock/unlock as a spin lock on
- *                   the pid, so the master can free a dead holder's
+ *                   the pid, so the master can free a dead holder's;
+ *                   ngx_slab_alloc_locked/free_locked of small chunks
+ *                   from the arena, freed ones kept in a list of the
+ *                   pool's "data" (shared with forked workers)
  *   NGX_STUBS_CONF  pools (calloc), ngx_array_push, ngx_atoi, ngx_cpystrn,
  *                   ngx_sprintf of "%ui", ngx_conf_log_error, and timers
  *                   without a tree: ngx_rbtree_insert/delete on
@@ -155,6 +158,36 @@ void
 ngx_shmtx_unlock(ngx_shmtx_t *mtx)
 {
     (void) ngx_atomic_cmp_set(mtx->lock, ngx_pid, 0);
+}
+
+
+/* chunks of at most 64 bytes, the caller holds the pool's mutex */
+
+void *
+ngx_slab_alloc_locked(ngx_slab_pool_t *pool, size_t size)
+{
+    void  **p;
+
+    if (size > 64) {
+        return NULL;
+    }
+
+    p = pool->data;
+
+    if (p) {
+        pool->data = *p;
+        return p;
+    }
+
+    return ngx_slab_calloc(pool, 64);
+}
+
+
+void
+ngx_slab_free_locked(ngx_slab_pool_t *pool, void *p)
+{
+    *(void **) p = pool->data;
+    pool->data = p;
 }
 
 #endif

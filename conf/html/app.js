@@ -8,6 +8,7 @@
 const HEARTBEAT_MS = 10000;   // well under presence_heartbeat_timeout (30 s)
 const RENDER_MS = 5000;       // "last seen N minutes ago" refresh
 const REOPEN_MS = 2000;       // a stream that ended opens again this much later
+const HIDE_MS = 500;          // hidden this long: the idle heartbeat
                               // (under presence_offline_grace, 5 s: the
                               // stream's close is this device leaving)
 
@@ -225,10 +226,9 @@ function listen(ids, gen, ticket) {
   es.onopen = () => {
     if (stream !== es) return;
     setStreamState('live', true);
-    // the snapshot after the stream is open, resumed or not: this server
-    // does not replay what a stream missed yet (README: "Resuming a
-    // stream"), it ignores last_event_id; once it does, a resumed stream
-    // can skip it (the server says {"resync": true} when it cannot)
+    // the snapshot after it is open, a resumed one's too: this server does
+    // not replay what a stream missed yet (README: "Resuming a stream"),
+    // it ignores last_event_id, and seq drops what the page has already
     snapshot(es, ids);
   };
   es.onmessage = (ev) => {
@@ -248,17 +248,30 @@ function listen(ids, gen, ticket) {
   };
 }
 
-// a heartbeat of this tab's device: idle while the page is hidden
+// a heartbeat of this tab's device: idle while the page is hidden; none
+// once the page is going away (its leave is the last word)
+let leaving = false;
+let hideTimer = null;
+
 async function heartbeat() {
+  if (leaving) return;
   try {
     await api('POST', `/v1/heartbeat?device=${device}` + (hidden() ? '&idle=1' : ''));
   } catch (e) { showError('heartbeat: ' + e.message); }
 }
 
-// hidden: idle at once; shown again: active at once (the server makes the
-// user active on any device's active heartbeat)
+// hidden: idle HIDE_MS later (a tab being closed is hidden just before
+// it goes: its idle heartbeat would come after its leave and bring the
+// device back); shown again: active at once (the server makes the user
+// active on any device's active heartbeat)
 document.addEventListener('visibilitychange', () => {
-  if (me && !localStorage.getItem('presence.invisible')) heartbeat();
+  if (!me || localStorage.getItem('presence.invisible')) return;
+  clearTimeout(hideTimer);
+  if (hidden()) {
+    hideTimer = setTimeout(() => { if (hidden()) heartbeat(); }, HIDE_MS);
+  } else {
+    heartbeat();
+  }
 });
 
 // the page goes away (tab closed, navigation, reload): this device leaves
@@ -266,14 +279,26 @@ document.addEventListener('visibilitychange', () => {
 // the token goes in its form body, never in the URL
 window.addEventListener('pagehide', () => {
   if (!me) return;
+  leaving = true;
+  clearTimeout(hideTimer);
   navigator.sendBeacon(`/v1/leave?device=${device}`,
                        new URLSearchParams({ token: me.token }));
   closeStream();
 });
 
+// back from the back/forward cache: the device is here again
+window.addEventListener('pageshow', (ev) => {
+  if (!ev.persisted || !me) return;
+  leaving = false;
+  if (!localStorage.getItem('presence.invisible')) heartbeat();
+  openStream(true);
+});
+
 async function setInvisible(invisible) {
   try {
-    await api('PUT', '/v1/status', { status: invisible ? 'offline' : 'online' });
+    // "online" is a heartbeat of this tab's device (not of "default")
+    await api('PUT', `/v1/status?device=${device}` + (hidden() ? '&idle=1' : ''),
+              { status: invisible ? 'offline' : 'online' });
     localStorage.setItem('presence.invisible', invisible ? '1' : '');
     showError('');
   } catch (e) {

@@ -9,8 +9,15 @@
 // makes it online and A's dot for B turns green.  B ticks "appear offline":
 // A's dot turns grey, "last seen just now".  A's stream opens with a
 // stream ticket, never a token in its URL; when the server ends it (after
-// 4 s in the test), it opens again with a new ticket.  Saves a screenshot in t/browser/out/demo.png.
-// Exits 0 when all is well, 1 with a message otherwise.
+// 4 s in the test), it opens again with a new ticket.  Devices (issue 14):
+// B opens a second tab, A sees two devices (the screenshot, in
+// t/browser/out/demo.png, shows them); B closes it: still online, one
+// device, no offline in between; B's page is hidden: A's dot for B turns
+// hollow (idle), and full again when it is shown; A's stream is cut and
+// held back while B goes offline: A sees the change after the reopen (no
+// change lost; resuming without a snapshot is not in the server yet, its
+// checks are marked RESUME); B closes its last tab: grey within the grace
+// (1 s here).  Exits 0 when all is well, 1 with a message otherwise.
 'use strict';
 
 const { chromium } = require('playwright-core');
@@ -113,7 +120,7 @@ async function main() {
     await tid(a, 'stream-state').filter({ hasText: 'live' }).waitFor({ timeout: 5000 });
     step(`${streams.length} streams, each with its own ticket`);
 
-    step('B comes back: green again, for the screenshot');
+    step('B comes back: green again');
     await tid(b, 'invisible-toggle').uncheck();
     await a.locator(`[data-testid="buddy-${idB}"][data-status="online"]`)
            .waitFor({ timeout: 5000 });
@@ -121,8 +128,108 @@ async function main() {
     await tid(a, 'search-submit').click();
     await tid(a, `result-${idB}`).filter({ hasText: 'in your contacts' }).waitFor({ timeout: 5000 });
 
+    // from now on A's page records every status it shows for B: a move of
+    // devices must never show B offline in between
+    await a.evaluate((id) => {
+      window.__shown = [];
+      const note = () => {
+        const li = document.querySelector(`[data-testid="buddy-${id}"]`);
+        const v = li ? li.dataset.status : 'none';
+        if (window.__shown[window.__shown.length - 1] !== v) window.__shown.push(v);
+      };
+      note();
+      new MutationObserver(note).observe(document.getElementById('buddies'),
+                                         { childList: true, subtree: true, attributes: true });
+    }, idB);
+    const shown = () => a.evaluate(() => window.__shown.slice());
+    const devicesOf = () => tid(a, `buddy-${idB}`).getAttribute('data-devices');
+    const deviceB = await tid(b, 'me-device').textContent();
+
+    step('B opens a second tab: A sees two devices');
+    const b2 = await ctxB.newPage();
+    b2.on('pageerror', (e) => errors.push(`B2: ${e.message}`));
+    await b2.goto(base + '/');
+    await tid(b2, 'me-name').filter({ hasText: nameB }).waitFor({ timeout: 5000 });
+    const deviceB2 = await tid(b2, 'me-device').filter({ hasText: /web-/ }).textContent();
+    if (deviceB2 === deviceB) throw new Error(`both tabs are device ${deviceB}`);
+    const both = [deviceB, deviceB2].sort().join(',');
+    await a.locator(`[data-testid="buddy-${idB}"][data-devices="${both}"]`)
+           .waitFor({ timeout: 5000 });
+    const seen2 = await tid(a, `seen-${idB}`).textContent();
+    if (!seen2.includes(deviceB) || !seen2.includes(deviceB2)) {
+      throw new Error(`B's line reads "${seen2}"`);
+    }
     await a.screenshot({ path: path.join(out, 'demo.png') });
-    step(`screenshot: ${path.join(out, 'demo.png')}`);
+    step(`two devices (${both}); screenshot: ${path.join(out, 'demo.png')}`);
+
+    step('B closes the second tab: still online, on one device');
+    await b2.close({ runBeforeUnload: true });
+    await a.locator(`[data-testid="buddy-${idB}"][data-devices="${deviceB}"]`)
+           .waitFor({ timeout: 5000 });
+    await a.waitForTimeout(1500);   // past the grace: still online
+    if ((await shown()).includes('offline')) throw new Error(`B was shown offline: ${await shown()}`);
+    if (await devicesOf() !== deviceB) throw new Error(`devices: ${await devicesOf()}`);
+
+    step("B's page is hidden: A's dot for B turns hollow (idle)");
+    const visibility = (p, state) => p.evaluate((st) => {
+      Object.defineProperty(document, 'visibilityState', { value: st, configurable: true });
+      Object.defineProperty(document, 'hidden', { value: st === 'hidden', configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, state);
+    await visibility(b, 'hidden');
+    await a.locator(`[data-testid="buddy-${idB}"][data-activity="idle"]`)
+           .waitFor({ timeout: 5000 });
+    const hollow = await tid(a, `dot-${idB}`).evaluate((e) => getComputedStyle(e).backgroundColor);
+    if (hollow !== 'rgba(0, 0, 0, 0)') throw new Error(`the idle dot is ${hollow}`);
+    await visibility(b, 'visible');
+    await a.locator(`[data-testid="buddy-${idB}"][data-activity="active"]`)
+           .waitFor({ timeout: 5000 });
+    step('shown again: active at once');
+
+    // Resuming (issue 14 item 4) is not in this server yet: the page takes
+    // a snapshot after every reopen, so what is checked here is that the
+    // change made while the stream was down is not lost.  With resuming,
+    // put back the two checks of the resumed stream (marked RESUME below).
+    step("A's stream is cut and held back while B goes offline: no change lost");
+    await tid(a, 'stream-state').filter({ hasText: 'live' }).waitFor({ timeout: 5000 });
+    let release, held = null;
+    const heldBack = new Promise((r) => { release = r; });
+    const statusReads = [];
+    a.on('request', (r) => { if (/\/v1\/status\?ids=/.test(r.url())) statusReads.push(Date.now()); });
+    await a.route('**/v1/events?**', async (route) => {
+      if (held) return route.continue();
+      held = route.request().url();
+      release();
+      // hold it until B's change is made, then let it through
+      await tid(b, 'invisible-toggle').check();
+      await a.waitForTimeout(300);
+      route.continue();
+    });
+    await Promise.race([heldBack, a.waitForTimeout(15000)]);
+    if (!held) throw new Error('A\'s stream did not reopen');
+    // RESUME: if (!/[?&]last_event_id=[^&]+/.test(held)) throw new Error(`no last_event_id: ${held}`);
+    const reopened = Date.now();
+    await a.locator(`[data-testid="buddy-${idB}"][data-status="offline"]`)
+           .waitFor({ timeout: 5000 });
+    await a.unroute('**/v1/events?**');
+    // RESUME: if (statusReads.some((t) => t >= reopened)) {
+    //   throw new Error('the change came from a new snapshot, not from the resumed stream');
+    // }
+    step(`reopened (${held.replace(/ticket=[^&]+/, 'ticket=…')}): B offline, `
+         + `${statusReads.filter((t) => t >= reopened).length} snapshot(s) since`);
+    await tid(b, 'invisible-toggle').uncheck();
+    await a.locator(`[data-testid="buddy-${idB}"][data-status="online"]`)
+           .waitFor({ timeout: 5000 });
+
+    step('B closes its last tab: grey within the grace');
+    await a.evaluate(() => { window.__shown = []; });
+    t0 = Date.now();
+    await b.close({ runBeforeUnload: true });
+    await a.locator(`[data-testid="buddy-${idB}"][data-status="offline"]`)
+           .waitFor({ timeout: 5000 });
+    const gone = Date.now() - t0;
+    step(`A sees B grey ${gone} ms after the tab closed (grace 1 s)`);
+    if (gone > 3000) throw new Error(`offline ${gone} ms after the last tab closed`);
     if (errors.length) throw new Error('page errors: ' + errors.join('; '));
   } finally {
     await browser.close();

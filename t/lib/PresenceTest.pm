@@ -286,7 +286,8 @@ sub events_locations {
     my $conf = shipped_conf('presence-events.conf', %p, -bare => 1);
     my $events = location_of($conf, '/v1/events');
     my $auth = location_of($conf, '/internal/events-auth');
-    my $hook = location_of($conf, '/internal/stream-hook');
+    my $hook = location_of($conf, '/internal/stream-hook') . "\n"
+               . location_of($conf, '/internal/stream-close-hook');
 
     # $events without the hooks, or the check (dies where the shipped
     # file no longer has them as written here)

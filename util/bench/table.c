@@ -5,7 +5,11 @@
  * nginx symbols the table uses are stubbed here; the table code is the
  * module's own src/ngx_http_presence_table.c, compiled unchanged.
  *
- *     util/bench/table [users] [expiring-percent]
+ *     util/bench/table [users] [expiring-percent] [two-devices-percent]
+ *
+ * The devices past the first are 16-byte records of the slab (here a
+ * calloc each): their zone bytes are counted as nginx's slab holds them,
+ * 254 to a 4 KB page.
  */
 
 
@@ -13,9 +17,11 @@
 #include <ngx_core.h>
 #include <stdio.h>
 #include <time.h>
+#include <sys/mman.h>
 #include "../../src/ngx_http_presence_table.h"
 
-/* the slab calloc a calloc (no arena); the slab mutex a spin lock, never
+/* the slab calloc from an arena (the devices' records are found by their
+   offset from the pool, as in a zone); the slab mutex a spin lock, never
    contended in one process */
 #define NGX_STUBS_SHM  1
 #include "../../t/stubs.h"
@@ -45,15 +51,18 @@ main(int argc, char **argv)
 {
     size_t                 size;
     double                 t, sweep_max, sweep_sum, hb_t;
-    uint32_t               n, i, pct, expired, ticks;
+    uint32_t               n, i, pct, two, expired, ticks, phone;
+    double                 extra, reserve;
     ngx_msec_t             timeout, hb, start;
-    ngx_slab_pool_t        pool;
+    size_t                 arena;
+    ngx_slab_pool_t       *pool;
     ngx_presence_node_t   *node;
     ngx_log_t              log;
     ngx_presence_table_t   table;
 
     n = argc > 1 ? (uint32_t) atoi(argv[1]) : 5000000;
     pct = argc > 2 ? (uint32_t) atoi(argv[2]) : 1;
+    two = argc > 3 ? (uint32_t) atoi(argv[3]) : 50;
 
     ngx_pid = getpid();
     timeout = 30000;
@@ -62,6 +71,10 @@ main(int argc, char **argv)
 
     ngx_memzero(&table, sizeof(ngx_presence_table_t));
     ngx_str_set(&table.name, "bench");
+    table.devices = NGX_PRESENCE_DEVICES;
+    table.idle_timeout = NGX_PRESENCE_IDLE_TIMEOUT;
+    table.grace = NGX_PRESENCE_GRACE;
+    table.name_age = 3600;
 
     /* the table's debug logs (nginx-dev is --with-debug) read the level */
     ngx_memzero(&log, sizeof(ngx_log_t));
@@ -71,10 +84,15 @@ main(int argc, char **argv)
     size = ngx_presence_table_size(n) + ngx_presence_table_size(n) / 64
            + 1024 * 1024;
 
-    ngx_memzero(&pool, sizeof(ngx_slab_pool_t));
-    pool.mutex.lock = &pool.lock.lock;
+    /* the zone, and 64 bytes a user for the stub's records past it */
+    arena = 2 * size + (size_t) n * 64;
+    stub_arena(mmap(NULL, arena, PROT_READ|PROT_WRITE,
+                    MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0), arena);
 
-    if (ngx_presence_table_init(&table, &pool, size) != NGX_OK) {
+    pool = ngx_slab_calloc(NULL, sizeof(ngx_slab_pool_t));
+    pool->mutex.lock = &pool->lock.lock;
+
+    if (ngx_presence_table_init(&table, pool, size) != NGX_OK) {
         fprintf(stderr, "table init failed\n");
         return 1;
     }
@@ -107,6 +125,36 @@ main(int argc, char **argv)
     t = now_s() - t;
     printf("first heartbeats (insert): %.0f ns each, %.2f M/s\n",
            t * 1e9 / n, n / t / 1e6);
+
+    /* two% of the users heartbeat a second device */
+
+    phone = ngx_presence_device_id(&table, (u_char *) "phone", 5);
+    t = now_s();
+
+    for (i = 0; i < n; i++) {
+        if (i % 100 >= two) {
+            continue;
+        }
+
+        node = ngx_presence_table_lookup(&table, user(i));
+        (void) ngx_presence_device_beat(&table, node, ngx_presence_now_ms(),
+                                        timeout, 0, phone);
+    }
+
+    t = now_s() - t;
+    extra = (double) table.sh->extras * sizeof(ngx_presence_extra_t)
+            * 4096 / 254 / 16;
+
+    /* what the zone leaves the slab for them: its reserve */
+    reserve = (double) table.sh->capacity * sizeof(ngx_presence_node_t)
+              / (NGX_PRESENCE_EXTRA_SHARE - 1);
+    printf("second devices: %lu of %u users (%u%%), %.0f ns each; "
+           "%.1f MB of slab, %.1f bytes per extra device, the zone "
+           "%.1f bytes per user with them (%.1f with one device)\n",
+           (unsigned long) table.sh->extras, n, two,
+           t * 1e9 / ngx_max(table.sh->extras, 1), extra / 1e6,
+           extra / ngx_max(table.sh->extras, 1),
+           (size + ngx_max(0, extra - reserve)) / n, (double) size / n);
 
     /*
      * Each user heartbeats again 2/3 of a timeout after its first, except
@@ -142,6 +190,15 @@ main(int argc, char **argv)
         node = ngx_presence_table_lookup(&table, user(i));
         ngx_presence_heartbeat(&table, node, ngx_presence_now_ms(), timeout,
                                0);
+
+        if (i % 100 < two) {
+            /* its second device too: both stay */
+            (void) ngx_presence_device_beat(&table, node,
+                                            ngx_presence_now_ms(), timeout,
+                                            0, phone);
+            hb++;
+        }
+
         hb_t += now_s() - t;
         hb++;
     }
