@@ -2354,10 +2354,7 @@ ngx_presence_cluster_refresh_user(void *data, ngx_presence_status_t *st,
     ngx_presence_cluster_t  *cl = data;
 
     u_char                        key[NGX_INT32_LEN];
-    u_char                        value[sizeof("{\"id\":,\"status\":\"online\","
-                                               "\"last_seen\":,\"seq\":}")
-                                        + NGX_INT32_LEN + NGX_INT64_LEN
-                                        + NGX_INT32_LEN];
+    u_char                        value[NGX_PRESENCE_JSON_LEN];
     u_char                        ep[NGX_INT32_LEN];
     u_char                       *k, *v, *e;
     rd_kafka_headers_t           *hdrs;
@@ -2373,9 +2370,12 @@ ngx_presence_cluster_refresh_user(void *data, ngx_presence_status_t *st,
     }
 
     k = ngx_sprintf(key, "%uD", st->id);
-    v = ngx_sprintf(value, "{\"id\":%uD,\"status\":\"online\","
-                           "\"last_seen\":%uL,\"seq\":%uD}",
-                    st->id, st->last_seen, st->seq);
+    /*
+     * the whole state, its devices and activity too: a replica that takes
+     * it as a newer state (it had none of the user) must not lose them
+     */
+    v = ngx_presence_status_json(value, cl->table, st->id, 1, st->last_seen,
+                                 st->seq, &st->devices);
     e = ngx_sprintf(ep, "%uD", epoch);
 
     hdrs = rd_kafka_headers_new(4);

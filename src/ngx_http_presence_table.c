@@ -2522,6 +2522,9 @@ ngx_presence_own_online(ngx_presence_table_t *table, uint32_t *next,
             continue;
         }
 
+        /* a refresh is a whole state: a replica may take it as one */
+        ngx_presence_devices_of(table, node, &st.devices);
+
         cb(data, &st, ngx_presence_epoch(ngx_presence_load(&node->owner)));
         found++;
     }

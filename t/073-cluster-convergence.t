@@ -20,8 +20,11 @@
 #
 # The seed is printed; PRESENCE_CONV_SEED replays a run.  Under the
 # AddressSanitizer pass (PRESENCE_ASAN_PASS=1) the workload is scaled
-# down, not the bounds widened.  PRESENCE_CONV_DEVICES=1 also compares
-# the online users' "devices" with the model (API.md, Devices).
+# down, not the bounds widened.  Users also go idle and active again
+# (idle=1 heartbeats) and leave (POST /v1/leave: offline after the
+# grace); the checker compares the online users' "devices" and
+# "activity" with the model (API.md, Devices; PRESENCE_CONV_DEVICES=0
+# compares status and seq only).
 # P is TEST_NGINX_SERVER_PORT.
 
 use strict;
@@ -52,7 +55,7 @@ my $dsn = $PresenceTest::PG_DSN;
 my $asan = $ENV{PRESENCE_ASAN_PASS} ? 1 : 0;
 my $seed = $ENV{PRESENCE_CONV_SEED} // (time() * 1000 % 1000000 | 0);
 srand($seed);
-my $DEVICES = $ENV{PRESENCE_CONV_DEVICES} ? 1 : 0;
+my $DEVICES = $ENV{PRESENCE_CONV_DEVICES} // 1;
 
 # the workload: users, ops a second, watchers (one stream each)
 my $N = $asan ? 600 : 2000;
@@ -60,6 +63,7 @@ my $OPS = $asan ? 15 : 40;
 my $W = $asan ? 4 : 8;
 my $HB_TIMEOUT = 5;         # presence_heartbeat_timeout
 my $HB_EVERY = 1.5;         # an online user's heartbeat interval
+my $GRACE = 5;              # presence_offline_grace (the default)
 # presence_cluster timeout=: twice the heartbeat interval.  A dead node's
 # users are written offline once its liveness deadline passed; one whose
 # next heartbeat comes later than that shows offline for a moment (README,
@@ -227,8 +231,10 @@ sub expected {
     }
     # quiet: offline once its last heartbeat timed out (and the sweeper
     # ran); "until": not before (a node that restarted lost the deadline)
-    return undef if $now < $m->{sent} + $HB_TIMEOUT + 1.5
-                    || $now < ($m->{until} // 0);
+    my $off = $m->{sent} + $HB_TIMEOUT;
+    $off = $m->{left} + $GRACE
+        if defined $m->{left} && $m->{left} + $GRACE < $off;
+    return undef if $now < $off + 1.5 || $now < ($m->{until} // 0);
     return 'offline';
 }
 
@@ -242,7 +248,8 @@ sub pump {
     my @due = grep { $u{$_}{hb} && ($f{$_} || $u{$_}{next} <= $now) } @ids;
     return unless @due;
     my @res = pipeline($PLB, [map { ['POST',
-        "/v1/heartbeat?device=$u{$_}{dev}", $_] } @due]);
+        "/v1/heartbeat?device=$u{$_}{dev}" . ($u{$_}{idle} ? '&idle=1' : ''),
+        $_] } @due]);
     $now = time();
     for my $i (0 .. $#due) {
         my $m = $u{ $due[$i] };
@@ -263,8 +270,12 @@ sub pump {
 my %changed;    # id => time of its last change in the model
 sub change_req {
     my ($id, $op) = @_;
-    return ['POST', "/v1/heartbeat?device=$u{$id}{dev}", $id] if $op eq 'on';
-    return ['PUT', '/v1/status', $id,
+    my $dev = "device=$u{$id}{dev}";
+    return ['POST', "/v1/heartbeat?$dev", $id] if $op eq 'on' || $op eq 'active';
+    return ['POST', "/v1/heartbeat?$dev&idle=1", $id] if $op eq 'idle';
+    return ['POST', "/v1/leave?$dev", $id] if $op eq 'leave';
+    # a PUT online is a heartbeat of its device (and idle= of its state)
+    return ['PUT', "/v1/status?$dev" . ($u{$id}{idle} ? '&idle=1' : ''), $id,
             $op eq 'hide' ? '{"status":"offline"}' : '{"status":"online"}'];
 }
 
@@ -284,13 +295,22 @@ sub changed {
         # unknown whether it was applied: not checked until redone
         $stats{failed}++;
         $m->{bad} = 1;
+        $m->{redo} = $op;
         return undef;
     }
     $m->{bad} = 0;
+    delete $m->{redo};
     $m->{owner} = upstream_of($r->[1]) || $m->{owner};
-    if ($op eq 'on') {
+    if ($op eq 'on' || $op eq 'active' || $op eq 'idle') {
         @$m{qw(hb sent)} = (1, $now);
         $m->{next} = $now + $HB_EVERY;
+        $m->{idle} = $op eq 'idle' ? 1 : 0;
+        delete $m->{left};
+    } elsif ($op eq 'leave') {
+        # its only device: offline after the grace, never later than
+        # its heartbeat timeout
+        $m->{hb} = 0;
+        $m->{left} = $now;
     } elsif ($op eq 'hide') {
         $m->{inv} = 1;
     } elsif ($op eq 'show') {
@@ -309,7 +329,7 @@ sub random_op {
     return if $frozen{$id};
     if ($m->{bad}) {
         # redo what failed: the model is known again when it succeeds
-        change($id, !$m->{hb} ? 'on' : $m->{inv} ? 'hide' : 'show');
+        change($id, $m->{redo} // 'on');
         return;
     }
     my $r = rand;
@@ -333,10 +353,14 @@ sub random_op {
         change($id, 'on') if defined expected($id, $now);
     } elsif ($m->{inv}) {
         change($id, 'show');
-    } elsif ($r < 0.55) {
+    } elsif ($r < 0.4) {
         # goes quiet: no more heartbeats, offline after the timeout
         $m->{hb} = 0;
         $changed{$id} = $m->{sent} + $HB_TIMEOUT;
+    } elsif ($r < 0.55) {
+        change($id, 'leave');
+    } elsif ($r < 0.75) {
+        change($id, $m->{idle} ? 'active' : 'idle');
     } else {
         change($id, 'hide');
     }
@@ -391,7 +415,8 @@ sub read_node {
         while ($r->[2] =~ /\{"id":(\d+),"status":"(\w+)","last_seen":(\d+|null),"seq":(\d+)([^{}]*)\}/g) {
             my ($id, $status, $ls, $seq, $rest) = ($1, $2, $3, $4, $5);
             my ($dev) = $rest =~ /"devices":\[([^\]]*)\]/;
-            $st{$id} = [$status, $seq, $ls, $dev // ''];
+            my ($act) = $rest =~ /"activity":"(\w+)"/;
+            $st{$id} = [$status, $seq, $ls, $dev // '', $act // ''];
             my $k = "$node $id";
             if (($maxseq{$k} // 0) > $seq) {
                 $seq_back++;
@@ -408,7 +433,8 @@ sub matches {
     my ($id, $st, $want) = @_;
     return 0 unless $st && $st->[0] eq $want;
     return 1 unless $DEVICES && $want eq 'online';
-    return $st->[3] eq qq("$u{$id}{dev}");
+    return $st->[3] eq qq("$u{$id}{dev}")
+           && $st->[4] eq ($u{$id}{idle} ? 'idle' : 'active');
 }
 
 sub pct {
@@ -514,6 +540,12 @@ sub check {
                     my ($n, $id) = split / /;
                     "node $n user $id: want $bad{$_}, model "
                     . join(',', map { "$_=$u{$id}{$_}" } sort keys %{ $u{$id} })
+                    . '; node says ' . join(',', map { $_ // '' }
+                        @{ read_node($n, [$id])->{$id} || [] })
+                    . ($ENV{PRESENCE_CONV_LOG}
+                       ? '; log: ' . join(' | ', map { "$_->[0] $_->[1]" }
+                                                 log_of($topic, $id))
+                       : '')
                 } (sort keys %bad)[0 .. (keys %bad > 10 ? 9 : keys(%bad) - 1)]);
 
     # 3. subscriptions the workload changed: a sample, read on every node
