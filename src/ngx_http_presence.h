@@ -20,6 +20,7 @@
 #include "ngx_http_presence_subs.h"
 #include "ngx_http_presence_pg.h"
 #include "ngx_http_presence_events.h"
+#include "ngx_http_presence_resume.h"
 #include "ngx_http_presence_redis.h"
 #include "ngx_http_presence_kafka.h"
 #include "ngx_http_presence_sync.h"
@@ -102,6 +103,9 @@ typedef struct {
     ngx_presence_subs_t         subs;
 
     ngx_presence_events_t      *events;       /* NULL: no presence_publish */
+    ngx_presence_resume_t      *resume;       /* NULL: streams resync */
+    ngx_msec_t                  events_retain;
+    size_t                      events_retain_size;
 
     ngx_presence_redis_t       *redis;        /* NULL: no presence_redis */
     ngx_presence_kafka_t       *kafka;        /* NULL: no presence_kafka */
@@ -273,6 +277,10 @@ ngx_int_t ngx_http_presence_channels_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 ngx_int_t ngx_http_presence_caller_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+ngx_int_t ngx_http_presence_resume_key_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+ngx_int_t ngx_http_presence_last_event_id(ngx_http_request_t *r,
+    ngx_str_t *id);
 
 
 extern ngx_module_t  ngx_http_presence_module;

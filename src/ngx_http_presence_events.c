@@ -38,6 +38,7 @@
 #include "ngx_http_presence_events.h"
 #include "ngx_http_presence_json.h"
 #include "ngx_http_presence_backoff.h"
+#include "ngx_http_presence_resume.h"
 
 
 #define NGX_PRESENCE_EVENTS_OUT       65536
@@ -57,10 +58,10 @@
     ((status) == 500 || ((status) >= 502 && (status) <= 504)                 \
      || (status) == 507)
 
-/* in ngx_presence_event_t.last_seen: the event is "online", "idle" */
-#define NGX_PRESENCE_EVENT_ONLINE     0x8000000000000000ULL
-#define NGX_PRESENCE_EVENT_IDLE       0x4000000000000000ULL
-#define NGX_PRESENCE_EVENT_FLAGS      0xc000000000000000ULL
+#define NGX_PRESENCE_EVENT_KIND       0xff
+
+/* the answer's body kept: nchan's "last message id: <second>:<tag>" */
+#define NGX_PRESENCE_EVENTS_BODY      256
 
 
 /* response parser states */
@@ -84,7 +85,13 @@ typedef struct {
     uint64_t                    dropped;     /* events the full queue lost */
     uint64_t                    errors;      /* connections lost, events
                                                 refused */
-    uint64_t                    reserved[5];
+    uint64_t                    resumed;     /* streams given what they
+                                                missed */
+    uint64_t                    resynced;    /* streams told to resync */
+    uint64_t                    written;     /* requests, ever */
+    uint64_t                    answered;    /* answers, and requests a
+                                                lost connection took */
+    uint64_t                    reserved[1];
 } ngx_presence_events_counters_t;
 
 
@@ -92,16 +99,6 @@ typedef struct {
     uint64_t                        magic;
     ngx_presence_events_counters_t  counters[NGX_MAX_PROCESSES];
 } ngx_presence_events_sh_t;
-
-
-/* a queued event: NGX_PRESENCE_EVENT_SIZE bytes */
-typedef struct {
-    uint64_t                    last_seen;   /* | NGX_PRESENCE_EVENT_ONLINE */
-    uint32_t                    id;
-    uint32_t                    seq;
-    uint16_t                    devices[NGX_PRESENCE_DEVICES_MAX];
-                                             /* name ids, 0 ends */
-} ngx_presence_event_t;
 
 
 struct ngx_presence_events_s {
@@ -125,6 +122,8 @@ struct ngx_presence_events_s {
 
     ngx_uint_t                  state;
     ngx_uint_t                  status;
+    u_char                      body[NGX_PRESENCE_EVENTS_BODY];
+    size_t                      body_len;
     off_t                       rest;        /* of a body or chunk */
     unsigned                    chunked:1;
     unsigned                    close:1;
@@ -137,6 +136,7 @@ struct ngx_presence_events_s {
     ngx_event_t                 retry;       /* timer */
 
     ngx_presence_table_t       *table;
+    ngx_presence_resume_t      *resume;      /* NULL: nothing kept */
     ngx_log_t                  *log;
     ngx_log_t                   quiet;       /* connects while failing */
 
@@ -165,6 +165,8 @@ static ngx_int_t ngx_presence_events_header(ngx_presence_events_t *pe,
     ngx_str_t *line);
 static ngx_int_t ngx_presence_events_answered(ngx_presence_events_t *pe);
 static void ngx_presence_events_close(ngx_presence_events_t *pe);
+static void ngx_presence_events_kept(ngx_presence_events_t *pe,
+    ngx_presence_event_t *e);
 static void ngx_presence_events_fail(ngx_presence_events_t *pe,
     const char *reason);
 
@@ -240,7 +242,8 @@ ngx_presence_events_create(ngx_conf_t *cf, ngx_str_t *url, ngx_uint_t queue)
                              "Host: localhost" CRLF
                              "Content-Type: application/json" CRLF
                              "Content-Length: " CRLF CRLF) - 1
-                      + pe->path.len + sizeof(NGX_PRESENCE_CHANNEL_PREFIX)
+                      + pe->path.len
+                      + sizeof(NGX_PRESENCE_EVENTS_RESUME_PREFIX)
                       + NGX_INT32_LEN + NGX_SIZE_T_LEN
                       + NGX_PRESENCE_JSON_LEN;
 
@@ -390,6 +393,10 @@ ngx_presence_events_init_process(ngx_presence_events_t *pe,
 
     pe->backoff = NGX_PRESENCE_EVENTS_BACKOFF;
 
+    /* a process of this slot before (killed) left requests never answered */
+    ngx_presence_events_counters(pe)->answered =
+                                    ngx_presence_events_counters(pe)->written;
+
     return NGX_OK;
 }
 
@@ -470,6 +477,8 @@ ngx_presence_events_publish(ngx_presence_events_t *pe,
     }
 
     e = &pe->ring[(pe->head + pe->n) % pe->size];
+    e->kind = NGX_PRESENCE_EVENT_CHANGE;
+    e->stream = 0;
     e->id = ch->id;
     e->seq = ch->seq;
     e->last_seen = ch->last_seen
@@ -487,6 +496,135 @@ ngx_presence_events_publish(ngx_presence_events_t *pe,
     if (!pe->flush.posted && !pe->retry.timer_set) {
         ngx_post_event(&pe->flush, &ngx_posted_events);
     }
+}
+
+
+/*
+ * The messages of a resuming stream's own channel, after the changes
+ * queued before them.  NGX_DECLINED: the queue has no room for them all.
+ */
+
+ngx_int_t
+ngx_presence_events_replay(ngx_presence_events_t *pe,
+    ngx_presence_event_t *evs, ngx_uint_t n)
+{
+    ngx_uint_t             i;
+    ngx_presence_event_t  *e;
+
+    if (pe->ring == NULL || n == 0) {
+        return NGX_DECLINED;
+    }
+
+    while (pe->size - pe->n < n) {
+        if (ngx_presence_events_grow(pe) != NGX_OK) {
+            return NGX_DECLINED;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        e = &pe->ring[(pe->head + pe->n) % pe->size];
+        *e = evs[i];
+        e->kind &= NGX_PRESENCE_EVENT_KIND;
+
+        pe->n++;
+    }
+
+    if (!pe->flush.posted && !pe->retry.timer_set) {
+        ngx_post_event(&pe->flush, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_presence_events_keep(ngx_presence_events_t *pe, void *resume)
+{
+    pe->resume = resume;
+}
+
+
+/*
+ * A barrier: what every process has written to nchan now, and whether all
+ * of it has been answered since (then the changes nchan took before now
+ * are all kept for resuming streams)
+ */
+
+void
+ngx_presence_events_mark(ngx_presence_events_t *pe, uint64_t *marks)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_MAX_PROCESSES; i++) {
+        marks[i] = pe->sh->counters[i].written;
+    }
+}
+
+
+ngx_int_t
+ngx_presence_events_passed(ngx_presence_events_t *pe, uint64_t *marks)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_MAX_PROCESSES; i++) {
+        if (pe->sh->counters[i].answered < marks[i]) {
+            return NGX_AGAIN;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_presence_events_count_resume(ngx_presence_events_t *pe,
+    ngx_uint_t resync)
+{
+    if (resync) {
+        ngx_presence_events_counters(pe)->resynced++;
+
+    } else {
+        ngx_presence_events_counters(pe)->resumed++;
+    }
+}
+
+
+u_char *
+ngx_presence_events_resume_metrics(ngx_presence_events_t *pe, u_char *p)
+{
+    uint64_t    resumed, resynced, kept, size;
+    ngx_uint_t  i;
+
+    resumed = 0;
+    resynced = 0;
+
+    if (pe == NULL) {
+        return p;
+    }
+
+    for (i = 0; i < NGX_MAX_PROCESSES; i++) {
+        resumed += pe->sh->counters[i].resumed;
+        resynced += pe->sh->counters[i].resynced;
+    }
+
+    ngx_presence_resume_stats(pe->resume, &kept, &size);
+
+    return ngx_sprintf(p,
+        "# HELP presence_events_resumed_total Streams that came back and "
+        "were given what they missed.\n"
+        "# TYPE presence_events_resumed_total counter\n"
+        "presence_events_resumed_total %uL\n"
+        "# HELP presence_events_resynced_total Streams that came back and "
+        "were told to resync.\n"
+        "# TYPE presence_events_resynced_total counter\n"
+        "presence_events_resynced_total %uL\n"
+        "# HELP presence_events_kept Changes kept for resuming streams.\n"
+        "# TYPE presence_events_kept gauge\n"
+        "presence_events_kept %uL\n"
+        "# HELP presence_events_kept_max Changes the ring can keep.\n"
+        "# TYPE presence_events_kept_max gauge\n"
+        "presence_events_kept_max %uL\n",
+        resumed, resynced, kept, size);
 }
 
 
@@ -717,23 +855,43 @@ ngx_presence_events_fill(ngx_presence_events_t *pe)
             d.names[d.n] = e->devices[d.n];
         }
 
-        p = ngx_presence_status_json(json, pe->table, e->id,
-                                     (e->last_seen & NGX_PRESENCE_EVENT_ONLINE)
-                                     != 0,
-                                     e->last_seen & ~NGX_PRESENCE_EVENT_FLAGS,
-                                     e->seq, &d);
+        if ((e->kind & NGX_PRESENCE_EVENT_KIND) == NGX_PRESENCE_EVENT_RESYNC) {
+            p = ngx_cpymem(json, "{\"resync\": true}",
+                           sizeof("{\"resync\": true}") - 1);
+
+        } else {
+            p = ngx_presence_status_json(json, pe->table, e->id,
+                                         (e->last_seen
+                                          & NGX_PRESENCE_EVENT_ONLINE) != 0,
+                                         e->last_seen
+                                         & ~NGX_PRESENCE_EVENT_FLAGS,
+                                         e->seq, &d);
+        }
+
+        b->last = ngx_cpymem(b->last, "POST ", sizeof("POST ") - 1);
+        b->last = ngx_cpymem(b->last, pe->path.data, pe->path.len);
+
+        if ((e->kind & NGX_PRESENCE_EVENT_KIND) == NGX_PRESENCE_EVENT_CHANGE) {
+            b->last = ngx_sprintf(b->last, NGX_PRESENCE_CHANNEL_PREFIX "%uD",
+                                  e->id);
+
+        } else {
+            b->last = ngx_sprintf(b->last,
+                                  NGX_PRESENCE_EVENTS_RESUME_PREFIX "%08xD",
+                                  e->stream);
+        }
 
         b->last = ngx_sprintf(b->last,
-                              "POST %V" NGX_PRESENCE_CHANNEL_PREFIX "%uD "
-                              "HTTP/1.1" CRLF
+                              " HTTP/1.1" CRLF
                               "Host: localhost" CRLF
                               "Content-Type: application/json" CRLF
                               "Content-Length: %uz" CRLF CRLF,
-                              &pe->path, e->id, (size_t) (p - json));
+                              (size_t) (p - json));
 
         b->last = ngx_cpymem(b->last, json, p - json);
 
         pe->sent++;
+        ngx_presence_events_counters(pe)->written++;
     }
 }
 
@@ -899,6 +1057,7 @@ ngx_presence_events_parse(ngx_presence_events_t *pe)
     off_t       size;
     ngx_str_t   line;
     ngx_buf_t  *b;
+    size_t      n;
     ngx_int_t   rc, chunk;
     u_char     *p;
 
@@ -912,6 +1071,12 @@ ngx_presence_events_parse(ngx_presence_events_t *pe)
         case NGX_PRESENCE_EV_CHUNK_DATA:
 
             size = ngx_min(pe->rest, b->last - b->pos);
+
+            n = ngx_min((size_t) size,
+                        NGX_PRESENCE_EVENTS_BODY - pe->body_len);
+            pe->body_len = ngx_cpymem(pe->body + pe->body_len, b->pos, n)
+                           - pe->body;
+
             b->pos += size;
             pe->rest -= size;
 
@@ -964,6 +1129,7 @@ ngx_presence_events_parse(ngx_presence_events_t *pe)
             }
 
             pe->status = rc;
+            pe->body_len = 0;
             pe->rest = -1;
             pe->chunked = 0;
             pe->close = (line.data[7] == '0');
@@ -1153,12 +1319,14 @@ ngx_presence_events_header(ngx_presence_events_t *pe, ngx_str_t *line)
 static ngx_int_t
 ngx_presence_events_answered(ngx_presence_events_t *pe)
 {
+    ngx_presence_event_t            *e;
     ngx_presence_events_counters_t  *c;
 
     c = ngx_presence_events_counters(pe);
 
     pe->state = NGX_PRESENCE_EV_STATUS;
     pe->answers++;
+    c->answered++;
 
     if (pe->orphans) {
         pe->orphans--;
@@ -1180,8 +1348,12 @@ ngx_presence_events_answered(ngx_presence_events_t *pe)
             return NGX_ERROR;
         }
 
+        e = &pe->ring[pe->head];
+
         if (pe->status >= 200 && pe->status < 300) {
             c->published++;
+
+            ngx_presence_events_kept(pe, e);
 
         } else {
             c->errors++;
@@ -1189,7 +1361,7 @@ ngx_presence_events_answered(ngx_presence_events_t *pe)
             ngx_log_error(NGX_LOG_WARN, pe->log, 0,
                           "presence events: the publisher answered %ui to "
                           "the event of user %uD",
-                          pe->status, pe->ring[pe->head].id);
+                          pe->status, e->id);
         }
 
         pe->head = (pe->head + 1) % pe->size;
@@ -1224,6 +1396,67 @@ ngx_presence_events_answered(ngx_presence_events_t *pe)
 }
 
 
+/*
+ * A change nchan took, with the id of its message from the answer
+ * ("last message id: 1764756000:2"), for the streams that resume
+ */
+
+static void
+ngx_presence_events_kept(ngx_presence_events_t *pe, ngx_presence_event_t *e)
+{
+    u_char     *p, *last, *colon;
+    ngx_int_t   time, tag;
+
+    static u_char  key[] = "last message id: ";
+
+    if (pe->resume == NULL
+        || (e->kind & NGX_PRESENCE_EVENT_KIND) != NGX_PRESENCE_EVENT_CHANGE)
+    {
+        return;
+    }
+
+    last = pe->body + pe->body_len;
+
+    p = ngx_strlcasestrn(pe->body, last, key, sizeof(key) - 1 - 1);
+    if (p == NULL) {
+        goto invalid;
+    }
+
+    p += sizeof(key) - 1;
+
+    colon = ngx_strlchr(p, last, ':');
+    if (colon == NULL) {
+        goto invalid;
+    }
+
+    time = ngx_atoi(p, colon - p);
+
+    for (p = colon + 1; p < last && *p >= '0' && *p <= '9'; p++) {
+        /* void */
+    }
+
+    tag = ngx_atoi(colon + 1, p - colon - 1);
+
+    if (time <= 0 || time > 0xffffffffLL || tag < 0 || tag > 32767) {
+        goto invalid;
+    }
+
+    ngx_presence_resume_add(pe->resume, e, (uint32_t) time, (uint16_t) tag);
+
+    return;
+
+invalid:
+
+    /* not kept: a stream that may have missed it resyncs */
+    ngx_presence_resume_lost(pe->resume);
+
+    ngx_log_error(NGX_LOG_WARN, pe->log, 0,
+                  "presence events: no message id in the publisher's "
+                  "answer to the event of user %uD: \"%*s\"",
+                  e->id, pe->body_len, pe->body);
+}
+
+
 static void
 ngx_presence_events_close(ngx_presence_events_t *pe)
 {
@@ -1235,6 +1468,9 @@ ngx_presence_events_close(ngx_presence_events_t *pe)
         ngx_close_connection(c);
         pe->peer.connection = NULL;
     }
+
+    /* what is not answered now never will be: written again, or dropped */
+    ngx_presence_events_counters(pe)->answered += pe->sent + pe->orphans;
 
     pe->connecting = 0;
     pe->late = 0;

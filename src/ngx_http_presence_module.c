@@ -79,6 +79,8 @@ static char *ngx_http_presence_publish(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_sync_queue(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_presence_events_retain(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_presence_store(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_presence_param(ngx_str_t *arg, const char *key,
@@ -316,6 +318,13 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       offsetof(ngx_http_presence_main_conf_t, retain),
       NULL },
 
+    { ngx_string("presence_events_retain"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_presence_events_retain,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("presence_devices"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,
@@ -526,6 +535,10 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (pmcf->events) {
+        ngx_presence_events_keep(pmcf->events, pmcf->resume);
+    }
+
     if (pmcf->sync
         && ngx_presence_sync_init_process(pmcf->sync, cycle) != NGX_OK)
     {
@@ -672,6 +685,8 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
     pmcf->devices = NGX_CONF_UNSET;
     pmcf->idle_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->grace = NGX_CONF_UNSET_MSEC;
+    pmcf->events_retain = NGX_CONF_UNSET_MSEC;
+    pmcf->events_retain_size = NGX_CONF_UNSET_SIZE;
 
     return pmcf;
 }
@@ -694,6 +709,20 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(pmcf->devices, NGX_PRESENCE_DEVICES);
     ngx_conf_init_msec_value(pmcf->idle_timeout, NGX_PRESENCE_IDLE_TIMEOUT);
     ngx_conf_init_msec_value(pmcf->grace, NGX_PRESENCE_GRACE);
+    ngx_conf_init_msec_value(pmcf->events_retain, NGX_PRESENCE_EVENTS_RETAIN);
+    ngx_conf_init_size_value(pmcf->events_retain_size,
+                             NGX_PRESENCE_RESUME_SIZE);
+
+    /* what streams resume from: the changes nchan took, 2 min */
+
+    if (pmcf->events && pmcf->events_retain) {
+        pmcf->resume = ngx_presence_resume_create(cf,
+                                                  pmcf->events_retain_size,
+                                                  pmcf->events_retain);
+        if (pmcf->resume == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
 
     if (pmcf->idle_timeout < 1000
         || pmcf->idle_timeout > NGX_PRESENCE_IDLE_MAX)
@@ -1548,6 +1577,55 @@ invalid:
 }
 
 
+/* presence_events_retain time [size=64m]; */
+
+static char *
+ngx_http_presence_events_retain(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ssize_t     size;
+    ngx_str_t  *value, s;
+
+    if (pmcf->events_retain != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    pmcf->events_retain = ngx_parse_time(&value[1], 0);
+
+    if (pmcf->events_retain == (ngx_msec_t) NGX_ERROR
+        || pmcf->events_retain > NGX_PRESENCE_EVENTS_RETAIN_MAX)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid time \"%V\" (0 to 1h)", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 3) {
+        if (ngx_http_presence_param(&value[2], "size=", &s) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        size = ngx_parse_size(&s);
+
+        if (size == NGX_ERROR || size < (ssize_t) (64 * ngx_pagesize)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid size \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        pmcf->events_retain_size = size;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_http_variable_t  ngx_http_presence_vars[] = {
 
     { ngx_string("presence_channels"), NULL,
@@ -1556,6 +1634,11 @@ static ngx_http_variable_t  ngx_http_presence_vars[] = {
 
     { ngx_string("presence_caller"), NULL,
       ngx_http_presence_caller_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    /* a stream's own channel, for the "X-Presence-Resume" of its checks */
+    { ngx_string("presence_resume_key"), NULL,
+      ngx_http_presence_resume_key_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     /* the same, by the name a cluster's load balancer hashes on */

@@ -548,7 +548,8 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     len = 3456 + 14 * NGX_ATOMIC_T_LEN
           + NGX_HTTP_PRESENCE_SYNC_METRICS_LEN
           + NGX_HTTP_PRESENCE_LOOKUP_METRICS_LEN
-          + NGX_PRESENCE_CLUSTER_METRICS_LEN;
+          + NGX_PRESENCE_CLUSTER_METRICS_LEN
+          + NGX_PRESENCE_EVENTS_RESUME_METRICS_LEN;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -608,6 +609,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     /* this worker's existence and last_seen lookups (gate.c) */
     b->last = ngx_http_presence_lookup_metrics(b->last);
     b->last = ngx_presence_cluster_metrics(pmcf->cluster, b->last);
+    b->last = ngx_presence_events_resume_metrics(pmcf->events, b->last);
 
     ngx_presence_subs_stats(&pmcf->subs, &sets, &evicted, &uncached,
                             &rebuilt);

@@ -226,10 +226,10 @@ function listen(ids, gen, ticket) {
   es.onopen = () => {
     if (stream !== es) return;
     setStreamState('live', true);
-    // the snapshot after it is open, a resumed one's too: this server does
-    // not replay what a stream missed yet (README: "Resuming a stream"),
-    // it ignores last_event_id, and seq drops what the page has already
-    snapshot(es, ids);
+    // a new stream: the snapshot after it is open (seq drops what the
+    // page has already); a resumed one is first given what it missed, or
+    // {"resync": true} when the server cannot (then the snapshot)
+    if (!resume) snapshot(es, ids);
   };
   es.onmessage = (ev) => {
     if (stream !== es) return;

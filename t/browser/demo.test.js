@@ -14,9 +14,9 @@
 // t/browser/out/demo.png, shows them); B closes it: still online, one
 // device, no offline in between; B's page is hidden: A's dot for B turns
 // hollow (idle), and full again when it is shown; A's stream is cut and
-// held back while B goes offline: A sees the change after the reopen (no
-// change lost; resuming without a snapshot is not in the server yet, its
-// checks are marked RESUME); B closes its last tab: grey within the grace
+// held back while B goes offline: A sees the change after the reopen,
+// from the resumed stream (no new snapshot); B closes its last tab: grey
+// within the grace
 // (1 s here).  Exits 0 when all is well, 1 with a message otherwise.
 'use strict';
 
@@ -186,10 +186,8 @@ async function main() {
            .waitFor({ timeout: 5000 });
     step('shown again: active at once');
 
-    // Resuming (issue 14 item 4) is not in this server yet: the page takes
-    // a snapshot after every reopen, so what is checked here is that the
-    // change made while the stream was down is not lost.  With resuming,
-    // put back the two checks of the resumed stream (marked RESUME below).
+    // The reopened stream resumes (last_event_id): the change made while
+    // it was down comes from the stream itself, not from a new snapshot.
     step("A's stream is cut and held back while B goes offline: no change lost");
     await tid(a, 'stream-state').filter({ hasText: 'live' }).waitFor({ timeout: 5000 });
     let release, held = null;
@@ -207,14 +205,14 @@ async function main() {
     });
     await Promise.race([heldBack, a.waitForTimeout(15000)]);
     if (!held) throw new Error('A\'s stream did not reopen');
-    // RESUME: if (!/[?&]last_event_id=[^&]+/.test(held)) throw new Error(`no last_event_id: ${held}`);
+    if (!/[?&]last_event_id=[^&]+/.test(held)) throw new Error(`no last_event_id: ${held}`);
     const reopened = Date.now();
     await a.locator(`[data-testid="buddy-${idB}"][data-status="offline"]`)
            .waitFor({ timeout: 5000 });
     await a.unroute('**/v1/events?**');
-    // RESUME: if (statusReads.some((t) => t >= reopened)) {
-    //   throw new Error('the change came from a new snapshot, not from the resumed stream');
-    // }
+    if (statusReads.some((t) => t >= reopened)) {
+      throw new Error('the change came from a new snapshot, not from the resumed stream');
+    }
     step(`reopened (${held.replace(/ticket=[^&]+/, 'ticket=…')}): B offline, `
          + `${statusReads.filter((t) => t >= reopened).length} snapshot(s) since`);
     await tid(b, 'invisible-toggle').uncheck();

@@ -71,18 +71,21 @@ sub sse_stop {
     waitpid $pid, 0;
 }
 
-# The events of the file: [{ t => ms, data => "..." }, ...] in order, and
-# the status line.
+# The events of the file: [{ t => ms, data => "...", id => "..." }, ...]
+# in order (id: the SSE id the message came with, as a browser keeps it
+# for Last-Event-ID), and the status line.
 sub sse_read {
     my ($file) = @_;
-    my (@events, $status);
+    my (@events, $status, $id);
     open my $in, '<', $file or return ([], undef);
     while (my $line = <$in>) {
         chomp $line;
         my ($t, $text) = split / /, $line, 2;
         $text //= '';
         $status //= $text if $text =~ m{^HTTP/};
-        push @events, { t => $t, data => $1 } if $text =~ /^data: ?(.*)$/;
+        $id = $1 if $text =~ /^id: ?(.*)$/;
+        push @events, { t => $t, data => $1, id => $id }
+            if $text =~ /^data: ?(.*)$/;
     }
     return (\@events, $status);
 }
