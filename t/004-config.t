@@ -80,3 +80,29 @@ needs "size=" of at least 1m
 --- must_die
 --- error_log
 must be between 100ms and 1d
+
+
+
+=== TEST 7: presence_events_retain: a bad time or size is refused
+--- http_config
+    presence_zone name=presence size=4m;
+    presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
+    presence_events_retain 2h;
+--- config
+    # api
+--- must_die
+--- error_log
+invalid time "2h" (0 to 1h)
+
+
+
+=== TEST 8: presence_events_retain: a size too small
+--- http_config
+    presence_zone name=presence size=4m;
+    presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
+    presence_events_retain 2m size=1k;
+--- config
+    # api
+--- must_die
+--- error_log
+invalid size "size=1k"

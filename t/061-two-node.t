@@ -170,6 +170,25 @@ cmp_ok(($ev->[0]{t} // 1e15) - $t0, '<', 1000, "online event within 1 s");
 diag(sprintf "heartbeat on A to the event on B's stream: %d ms",
              ($ev->[0]{t} // 0) - $t0);
 
+# 1b. bob's stream comes back on node A with the id of its last message: a
+# cluster resyncs every resuming stream (README "Resuming a stream"), and
+# the resync, kept by nchan's Redis store, is its first message
+{
+    my $url = do {
+        local $ENV{TEST_NGINX_SERVER_PORT} = $PA;
+        events_url(1001, 1002);
+    };
+    my $file = "$root/sse-bob-resume.out";
+    local $ENV{TEST_NGINX_SERVER_PORT} = $PA;
+    my $pid = sse_start($url, $file,
+                        headers => "Last-Event-ID: " . ($ev->[1]{id} // 'x')
+                                   . "\r\n");
+    my $r = events($file, 1, 3);
+    like($r->[0]{data} // '', qr/^\{"resync": ?true\}$/,
+         "a stream resuming on node A: {\"resync\": true} first");
+    sse_stop($pid);
+}
+
 # (with the cluster node A also holds bob, online by his stream on B)
 is(metric(a => 'presence_online_users'), $cluster, "node A: alice offline again");
 
@@ -190,8 +209,8 @@ is(metric(b => 'presence_tracked_users'), 1 + $cluster,
 like(req(GET => $PB, '/v1/status/1001', 1002)->{content} // '',
      qr/"status":"offline"/, "node B: alice offline (A's change)")
     if $cluster;
-is(metric(a => 'presence_events_published_total'), 2,
-   "node A published alice's two events");
+is(metric(a => 'presence_events_published_total'), 3,
+   "node A published alice's two events (and 1b's resync)");
 is(metric($_ => 'presence_events_errors_total'), 0, "node $_: no publish error")
     for qw(a b);
 
