@@ -70,6 +70,8 @@ my %r = map { split /=/, $_, 2 } split ' ', $line;
 
 is($r{gateway_bad}, 0, 'every gateway request answered 204');
 is($r{wrongly_expired}, 0, 'no user wrongly expired');
+# and every drop-out one offline transition: none back within the grace
+is($r{never_online}, 0, 'every user gone went offline once (offline transitions = drop-outs)');
 is($r{online}, 100_000 - 1000, 'online at the end: all but the last drop-outs');
 is($r{events_dropped}, 0, 'events dropped: 0');
 is($r{sample_missing}, 0, 'the SSE sample got every event');
