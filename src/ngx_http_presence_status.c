@@ -519,6 +519,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
 {
     size_t                          len;
     uint64_t                        published, dropped, errors;
+    uint64_t                        ticks, ns, max;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
     ngx_uint_t                      sets, evicted, uncached, rebuilt;
@@ -536,6 +537,10 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     table = pmcf->shm_zone->data;
     ngx_presence_counters_sum(table, &sum);
 
+    ticks = __atomic_load_n(&table->sh->sweep_ticks, __ATOMIC_ACQUIRE);
+    ns = __atomic_load_n(&table->sh->sweep_ns, __ATOMIC_RELAXED);
+    max = __atomic_load_n(&table->sh->sweep_max_ns, __ATOMIC_RELAXED);
+
     published = 0;
     dropped = 0;
     errors = 0;
@@ -545,7 +550,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
                                   &errors);
     }
 
-    len = 3456 + 14 * NGX_ATOMIC_T_LEN
+    len = 3456 + 512 + 17 * NGX_ATOMIC_T_LEN
           + NGX_HTTP_PRESENCE_SYNC_METRICS_LEN
           + NGX_HTTP_PRESENCE_LOOKUP_METRICS_LEN
           + NGX_PRESENCE_CLUSTER_METRICS_LEN
@@ -593,14 +598,28 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
         "# HELP presence_reclaimed_total Users dropped from the zone, "
         "offline for long or to make room.\n"
         "# TYPE presence_reclaimed_total counter\n"
-        "presence_reclaimed_total %uA\n",
+        "presence_reclaimed_total %uA\n"
+        "# HELP presence_sweep_ticks_total Ticks of the sweeper that "
+        "expired users.\n"
+        "# TYPE presence_sweep_ticks_total counter\n"
+        "presence_sweep_ticks_total %uL\n"
+        "# HELP presence_sweep_seconds_total Time the sweeper's ticks "
+        "took.\n"
+        "# TYPE presence_sweep_seconds_total counter\n"
+        "presence_sweep_seconds_total %uL.%09uL\n"
+        "# HELP presence_sweep_max_seconds The longest tick of the "
+        "sweeper.\n"
+        "# TYPE presence_sweep_max_seconds gauge\n"
+        "presence_sweep_max_seconds %uL.%09uL\n",
         (ngx_atomic_uint_t) table->sh->online,
         (ngx_atomic_uint_t) table->sh->tracked,
         table->sh->max_users,
         pmcf->shm_zone->shm.size,
         sum.heartbeats, sum.to_online, sum.to_offline, published,
         dropped, errors, sum.full,
-        (ngx_atomic_uint_t) table->sh->reclaimed);
+        (ngx_atomic_uint_t) table->sh->reclaimed,
+        ticks, ns / 1000000000, ns % 1000000000,
+        max / 1000000000, max % 1000000000);
 
     if (pmcf->sync) {
         b->last = ngx_http_presence_sync_metrics(b->last, pmcf->sync);

@@ -129,6 +129,7 @@ static void ngx_presence_notify(ngx_presence_table_t *table,
 static ngx_uint_t ngx_presence_expire(ngx_presence_table_t *table,
     uint32_t slot, uint32_t tick);
 static uint32_t ngx_presence_start_time(ngx_pid_t pid, ngx_uint_t *gone);
+static uint64_t ngx_presence_sweep_clock(void);
 static ngx_atomic_uint_t ngx_presence_lock_word(ngx_pid_t pid);
 static const char *ngx_presence_lock_dead(ngx_atomic_uint_t holder,
     ngx_atomic_uint_t me);
@@ -1452,6 +1453,21 @@ ngx_presence_start_time(ngx_pid_t pid, ngx_uint_t *gone)
 }
 
 
+/* a monotonic clock in ns, for the sweep's time (vDSO: no system call) */
+
+static uint64_t
+ngx_presence_sweep_clock(void)
+{
+    struct timespec  ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        return 0;
+    }
+
+    return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+}
+
+
 /*
  * Expires the users whose deadline passed: takes every bucket whose tick
  * came, and audits a slice of the slots for nodes a killed sweeper lost.
@@ -1462,7 +1478,7 @@ ngx_uint_t
 ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 {
     uint32_t               slot, next, tick24, i, n, q, links;
-    uint64_t               now, t, s, late, last, end;
+    uint64_t               now, t, s, late, last, end, start, took;
     ngx_uint_t             expired;
     ngx_presence_shctx_t  *sh;
 
@@ -1473,6 +1489,8 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
     {
         return 0;
     }
+
+    start = ngx_presence_sweep_clock();
 
     now = ngx_current_msec / NGX_PRESENCE_TICK;
     expired = 0;
@@ -1610,6 +1628,16 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 
     /* presence_retain, and room when the zone is nearly full */
     ngx_presence_reclaim_scan(table);
+
+    /* the tick's time, for /metrics: only the sweeper writes these */
+    took = ngx_presence_sweep_clock() - start;
+
+    __atomic_store_n(&sh->sweep_ns, sh->sweep_ns + took, __ATOMIC_RELAXED);
+    __atomic_store_n(&sh->sweep_ticks, sh->sweep_ticks + 1, __ATOMIC_RELEASE);
+
+    if (took > sh->sweep_max_ns) {
+        __atomic_store_n(&sh->sweep_max_ns, took, __ATOMIC_RELAXED);
+    }
 
     ngx_presence_pid_unlock(&sh->sweep_lock, pid);
 

@@ -44,7 +44,7 @@
                                       |NGX_PRESENCE_DIRTY_REDIS)
 
 /* changes with the layout of the zone: a reload cannot reuse another */
-#define NGX_PRESENCE_MAGIC           0x70726573656e0006ULL
+#define NGX_PRESENCE_MAGIC           0x70726573656e0007ULL
 
 /* the slot load factor is kept at or below 4/5 */
 #define NGX_PRESENCE_LOAD_NUM        4
@@ -188,6 +188,11 @@ typedef struct {
     uint32_t                    seed;        /* of the names' hash */
     ngx_presence_name_t        *names;
     ngx_atomic_t                extras;      /* ngx_presence_extra_t held */
+
+    /* the sweeper's ticks, written under sweep_lock; ns of CLOCK_MONOTONIC */
+    uint64_t                    sweep_ticks;
+    uint64_t                    sweep_ns;    /* all ticks' time */
+    uint64_t                    sweep_max_ns; /* the longest tick */
     uint32_t                    wheel[NGX_PRESENCE_WHEEL];
     ngx_presence_counters_t     counters[NGX_MAX_PROCESSES];
     ngx_presence_node_t        *nodes;

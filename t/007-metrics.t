@@ -1,4 +1,5 @@
-# /metrics counts heartbeats, transitions and online users.
+# /metrics counts heartbeats, transitions and online users, and times the
+# sweeper's ticks.
 
 use lib 't/lib';
 use Test::Nginx::Socket 'no_plan';
@@ -26,6 +27,9 @@ presence_online_users 0
 presence_transitions_total\{to="offline"\} 0
 .*presence_events_published_total 0
 .*presence_zone_full_total 0
+.*presence_sweep_ticks_total \d+
+.*presence_sweep_seconds_total \d+\.\d{9}
+.*presence_sweep_max_seconds \d+\.\d{9}
 
 
 
@@ -57,4 +61,4 @@ user 8: one heartbeat, stays online; user 9: never valid.
 [204, 204, 204, 204, 204, 200, 204, 401, 200]
 --- response_body_like eval
 [(qr/^$/) x 5, qr/"status":"offline"/, qr/^$/, qr/unauthorized/,
- qr/\npresence_online_users 1\n.*\npresence_tracked_users 2\n.*\npresence_heartbeats_total 5\n.*\npresence_transitions_total\{to="online"\} 3\npresence_transitions_total\{to="offline"\} 2\n/s]
+ qr/\npresence_online_users 1\n.*\npresence_tracked_users 2\n.*\npresence_heartbeats_total 5\n.*\npresence_transitions_total\{to="online"\} 3\npresence_transitions_total\{to="offline"\} 2\n.*\npresence_sweep_ticks_total [1-9]\d*\n.*\npresence_sweep_seconds_total 0\.\d{9}\n.*\npresence_sweep_max_seconds 0\.(?!0{9})\d{9}\n/s]
