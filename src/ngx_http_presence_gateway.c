@@ -19,11 +19,39 @@
 #include "ngx_http_presence.h"
 
 
+/* ids applied in one turn of the event loop */
+#define NGX_HTTP_PRESENCE_GATEWAY_SLICE  500
+
+
+/* a validated body being applied, slice by slice */
+typedef struct {
+    ngx_event_t                   event;
+    ngx_http_request_t           *request;
+    ngx_presence_table_t         *table;
+    ngx_http_presence_report_t   *rep;
+    ngx_msec_t                    timeout;
+    uint32_t                      device;
+    ngx_uint_t                    list;      /* NGX_HTTP_PRESENCE_LISTS: all
+                                                applied */
+    ngx_uint_t                    next;      /* in that list */
+    ngx_uint_t                    left;      /* ids not applied yet */
+    ngx_uint_t                    beats;
+    ngx_uint_t                    gone;
+    ngx_uint_t                    refused;
+} ngx_http_presence_apply_t;
+
+
 static ngx_int_t ngx_http_presence_gateway_auth(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf);
 static void ngx_http_presence_gateway_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_presence_gateway_apply(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf, ngx_http_presence_report_t *rep);
+static void ngx_http_presence_gateway_next(ngx_event_t *ev);
+static void ngx_http_presence_gateway_cleanup(void *data);
+static ngx_int_t ngx_http_presence_gateway_slice(
+    ngx_http_presence_apply_t *ap, ngx_uint_t max, ngx_log_t *log);
+static ngx_int_t ngx_http_presence_gateway_done(
+    ngx_http_presence_apply_t *ap);
 static size_t ngx_http_presence_gateway_limit(
     ngx_http_presence_loc_conf_t *plcf);
 
@@ -181,8 +209,14 @@ ngx_http_presence_gateway_body(ngx_http_request_t *r)
         return;
     }
 
-    ngx_http_finalize_request(r, ngx_http_presence_gateway_apply(r, plcf,
-                                                                 rep));
+    rc = ngx_http_presence_gateway_apply(r, plcf, rep);
+
+    if (rc == NGX_DONE) {
+        /* slices follow; the last one finalizes */
+        return;
+    }
+
+    ngx_http_finalize_request(r, rc);
 }
 
 
@@ -202,67 +236,216 @@ ngx_http_presence_gateway_limit(ngx_http_presence_loc_conf_t *plcf)
  * idle one for "idle", that device leaving for "gone" (a user the table
  * does not hold is offline already).  The table's change callback
  * publishes, writes behind and replicates; plain refreshes cost nothing.
+ *
+ * In slices of NGX_HTTP_PRESENCE_GATEWAY_SLICE ids, one a turn of the
+ * event loop (ngx_posted_next_events: after the next poll of the other
+ * connections), so that the requests of the other clients of this worker
+ * (status reads) do not wait for a whole body of 10,000 ids.  The request
+ * is held by the count its body read took until the last slice answers.
+ * Should the request go before that (its pool destroyed), the cleanup
+ * applies the rest at once: a body validated is applied whole.
  */
 
 static ngx_int_t
 ngx_http_presence_gateway_apply(ngx_http_request_t *r,
     ngx_http_presence_loc_conf_t *plcf, ngx_http_presence_report_t *rep)
 {
-    u_char                 msg[NGX_HTTP_PRESENCE_GATEWAY_ERR_LEN];
-    uint32_t              *ids, device;
-    ngx_uint_t             list, i, n, beats, refused;
-    ngx_presence_node_t   *node;
-    ngx_presence_table_t  *table;
+    ngx_pool_cleanup_t            *cln;
+    ngx_presence_table_t          *table;
+    ngx_http_presence_apply_t     *ap;
 
-    static time_t          logged;
+    ap = ngx_pcalloc(r->pool, sizeof(ngx_http_presence_apply_t));
+    if (ap == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     table = ngx_http_presence_table(r);
-    device = ngx_presence_device_id(table, rep->device.data, rep->device.len);
-    beats = 0;
-    refused = 0;
 
-    for (list = NGX_HTTP_PRESENCE_ONLINE; list <= NGX_HTTP_PRESENCE_IDLE;
-         list++)
+    ap->request = r;
+    ap->table = table;
+    ap->rep = rep;
+    ap->timeout = plcf->timeout;
+    ap->device = ngx_presence_device_id(table, rep->device.data,
+                                        rep->device.len);
+    ap->list = NGX_HTTP_PRESENCE_ONLINE;
+
+    ap->event.handler = ngx_http_presence_gateway_next;
+    ap->event.data = ap;
+    ap->event.log = r->connection->log;
+
+    cln->handler = ngx_http_presence_gateway_cleanup;
+    cln->data = ap;
+
+    if (ngx_http_presence_gateway_slice(ap, NGX_HTTP_PRESENCE_GATEWAY_SLICE,
+                                        r->connection->log)
+        == NGX_AGAIN)
     {
-        ids = rep->ids[list];
-        n = rep->n[list];
+        ngx_post_event(&ap->event, &ngx_posted_next_events);
+        return NGX_DONE;
+    }
 
-        for (i = 0; i < n; i++) {
-            node = ngx_presence_table_get(table, ids[i]);
+    return ngx_http_presence_gateway_done(ap);
+}
 
-            if (node == NULL) {
-                refused++;
+
+/* the next slice, one turn of the event loop later */
+
+static void
+ngx_http_presence_gateway_next(ngx_event_t *ev)
+{
+    ngx_int_t                   rc;
+    ngx_connection_t           *c;
+    ngx_http_request_t         *r;
+    ngx_http_presence_apply_t  *ap;
+
+    ap = ev->data;
+    r = ap->request;
+    c = r->connection;
+
+    if (ngx_http_presence_gateway_slice(ap, NGX_HTTP_PRESENCE_GATEWAY_SLICE,
+                                        c->log)
+        == NGX_AGAIN)
+    {
+        ngx_post_event(&ap->event, &ngx_posted_next_events);
+        return;
+    }
+
+    rc = ngx_http_presence_gateway_done(ap);
+
+    /* the count the body read took, and the answer; r may be freed */
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* the request went before its body was applied: the rest now, at once */
+
+static void
+ngx_http_presence_gateway_cleanup(void *data)
+{
+    ngx_http_presence_apply_t  *ap = data;
+
+    if (ap->event.posted) {
+        ngx_delete_posted_event(&ap->event);
+    }
+
+    if (ap->list < NGX_HTTP_PRESENCE_LISTS) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "presence gateway: request closed with %ui ids "
+                      "to apply, applying them now", ap->left);
+
+        (void) ngx_http_presence_gateway_slice(ap, NGX_MAX_UINT32_VALUE,
+                                               ngx_cycle->log);
+    }
+}
+
+
+/*
+ * Applies up to "max" ids from where the last slice stopped: NGX_AGAIN
+ * while some are left.
+ */
+
+static ngx_int_t
+ngx_http_presence_gateway_slice(ngx_http_presence_apply_t *ap,
+    ngx_uint_t max, ngx_log_t *log)
+{
+    uint32_t                     *ids;
+    ngx_uint_t                    i, n, beats, done;
+    ngx_presence_node_t          *node;
+    ngx_presence_table_t         *table;
+    ngx_http_presence_report_t   *rep;
+
+    table = ap->table;
+    rep = ap->rep;
+    beats = 0;
+    done = 0;
+
+    while (ap->list < NGX_HTTP_PRESENCE_LISTS) {
+        ids = rep->ids[ap->list];
+        n = rep->n[ap->list];
+
+        for (i = ap->next; i < n && done < max; i++, done++) {
+
+            if (ap->list == NGX_HTTP_PRESENCE_GONE) {
+                node = ngx_presence_table_lookup(table, ids[i]);
+
+                if (node) {
+                    ngx_http_presence_device_leave(table, node, ids[i],
+                                                   ap->device, 0, log);
+                }
+
+                ap->gone++;
                 continue;
             }
 
-            ngx_http_presence_device_beat(table, node, ids[i], plcf->timeout,
-                                          list == NGX_HTTP_PRESENCE_IDLE
+            node = ngx_presence_table_get(table, ids[i]);
+
+            if (node == NULL) {
+                ap->refused++;
+                continue;
+            }
+
+            ngx_http_presence_device_beat(table, node, ids[i], ap->timeout,
+                                          ap->list == NGX_HTTP_PRESENCE_IDLE
                                           ? NGX_PRESENCE_BEAT_IDLE : 0,
-                                          device, r->connection->log);
+                                          ap->device, log);
             beats++;
         }
+
+        ap->next = i;
+
+        if (i < n) {
+            break;
+        }
+
+        ap->list++;
+        ap->next = 0;
     }
 
     ngx_presence_counters(table)->heartbeats += beats;
+    ap->beats += beats;
 
-    ids = rep->ids[NGX_HTTP_PRESENCE_GONE];
-    n = rep->n[NGX_HTTP_PRESENCE_GONE];
+    if (ap->list < NGX_HTTP_PRESENCE_LISTS) {
+        ap->left = 0;
 
-    for (i = 0; i < n; i++) {
-        node = ngx_presence_table_lookup(table, ids[i]);
-
-        if (node) {
-            ngx_http_presence_device_leave(table, node, ids[i], device, 0,
-                                           r->connection->log);
+        for (i = ap->list; i < NGX_HTTP_PRESENCE_LISTS; i++) {
+            ap->left += rep->n[i];
         }
+
+        ap->left -= ap->next;
+
+        return NGX_AGAIN;
     }
+
+    ap->left = 0;
+
+    return NGX_OK;
+}
+
+
+/* every id applied: 204, or 503 naming how many a full zone refused */
+
+static ngx_int_t
+ngx_http_presence_gateway_done(ngx_http_presence_apply_t *ap)
+{
+    u_char               msg[NGX_HTTP_PRESENCE_GATEWAY_ERR_LEN];
+    ngx_http_request_t  *r;
+
+    static time_t        logged;
+
+    r = ap->request;
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "presence gateway: %ui heartbeats, %ui gone, "
                    "%ui refused, device \"%V\"",
-                   beats, n, refused, &rep->device);
+                   ap->beats, ap->gone, ap->refused, &ap->rep->device);
 
-    if (refused) {
+    if (ap->refused) {
         if (logged != ngx_time()) {
             /* once a second at most: a full zone must not flood the log */
             logged = ngx_time();
@@ -270,12 +453,13 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "presence zone \"%V\" is full (%uD users), "
                           "%ui users of a gateway request refused",
-                          &table->name, table->sh->max_users, refused);
+                          &ap->table->name, ap->table->sh->max_users,
+                          ap->refused);
         }
 
         *ngx_snprintf(msg, sizeof(msg) - 1,
                       "presence table is full: %ui of the ids refused, "
-                      "the others applied", refused) = '\0';
+                      "the others applied", ap->refused) = '\0';
 
         return ngx_http_presence_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                        "unavailable", (char *) msg);
@@ -287,5 +471,3 @@ ngx_http_presence_gateway_apply(ngx_http_request_t *r,
 
     return ngx_http_send_header(r);
 }
-
-

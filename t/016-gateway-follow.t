@@ -124,3 +124,100 @@ GET /metrics
 --- response_body_like eval
 qr/presence_events_published_total 3\n.*presence_events_dropped_total 0\n/s
 --- timeout: 10
+
+
+
+=== TEST 2: a body of many slices: every id applied, events and stores as for heartbeats
+The node applies 500 ids a turn of its event loop.  1003 is online first;
+then one body: 2,499 more online (1001 among them; 1001 and 1003 watched)
+and 1003 gone, in the last slice; the answer comes once all are applied.
+--- config
+    # pg api
+    location = /v1/presence {
+        presence_gateway;
+        presence_gateway_secret gateway-test-secret-0123456789;
+    }
+    # events
+--- init
+psql("TRUNCATE users, users_subscribers RESTART IDENTITY CASCADE;\n"
+     . "INSERT INTO users (user_id, user_name) SELECT g, 'u' || g "
+     . "FROM generate_series(1, 2500) g;\n"
+     . "INSERT INTO users_subscribers (user_id, user_id_t) VALUES (1002, 1001), (1002, 1003);\n");
+redis_cli('DEL', 'presence:1001', 'presence:1003', 'presence:2500');
+my $sse = sse_start('/v1/events?ids=1001,1003&ticket=' . ticket(1002),
+                    $main::SSE);
+Test::More::is(main::gateway('{"device": "ws", "online": [1003]}'), 204,
+               'gateway: 1003 online');
+Test::More::is(main::gateway('{"device": "ws", "online": ['
+                             . join(',', grep { $_ != 1003 } 1 .. 2500)
+                             . '], "gone": [1003]}'),
+               204, 'gateway: 2,499 more online, 1003 gone');
+Test::More::ok(wait_for(3, sub { self_status(2500)->[0] eq 'online' }),
+               'the last id online');
+Test::More::is(self_status(1003)->[0], 'offline', '1003 offline at the answer');
+Test::More::ok(wait_for(5, sub { pg_value("SELECT count(*) FROM users WHERE status = 'online'") eq '2499' }),
+               '2,499 online in PostgreSQL')
+    or Test::More::diag(pg_value("SELECT count(*) FROM users WHERE status = 'online'"));
+Test::More::ok(wait_for(3, sub { redis_state(2500) =~ /^online,\d{13},1$/ }),
+               '2500 online in Redis') or Test::More::diag(redis_state(2500));
+Test::More::ok(wait_for(3, sub { redis_state(1003) =~ /^offline,\d{13},2$/ }),
+               '1003 offline in Redis, seq 2') or Test::More::diag(redis_state(1003));
+# the topic is the file's: TEST 1's messages of 1003 come first
+Test::More::ok(wait_for(3, sub { user_log(1003) =~ m{ offline/2/\d+$} }),
+               'Kafka: 1003 offline, seq 2, last') or Test::More::diag(user_log(1003));
+Time::HiRes::sleep(0.5);
+sse_stop($sse);
+my ($ev) = sse_read($main::SSE);
+my @data = sort map { $_->{data} } @$ev;
+Test::More::is(scalar @data, 3, 'three events: two online, one offline')
+    or Test::More::diag(join "\n", @data);
+--- request
+GET /metrics
+--- response_body_like eval
+qr/presence_online_users 2499\n.*presence_heartbeats_total 2500\n.*presence_transitions_total\{to="online"\} 2500\npresence_transitions_total\{to="offline"\} 1\n.*presence_events_published_total 2501\n.*presence_events_dropped_total 0\n/s
+--- timeout: 10
+
+
+
+=== TEST 3: a client that closes mid-apply: every id is still applied
+10,000 ids sent, the connection reset once the first id is online: the
+node goes on applying its 20 slices, then its answer finds no client.
+--- config
+    # pg api
+    location = /v1/presence {
+        presence_gateway;
+        presence_gateway_secret gateway-test-secret-0123456789;
+    }
+    # events
+--- init
+use IO::Socket::INET;
+use Socket qw(SOL_SOCKET SO_LINGER);
+psql("TRUNCATE users, users_subscribers RESTART IDENTITY CASCADE;\n"
+     . "INSERT INTO users (user_id, user_name) SELECT g, 'u' || g "
+     . "FROM generate_series(1, 10000) g;\n");
+my $body = '{"device": "ws", "online": [' . join(',', 1 .. 10000) . ']}';
+my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                              PeerPort => PresenceStores::port())
+    or die "connect: $!";
+print $s "POST /v1/presence HTTP/1.1\r\nHost: localhost\r\n"
+    . "Authorization: Bearer $main::GW\r\nContent-Type: application/json\r\n"
+    . "Content-Length: " . length($body) . "\r\n\r\n$body";
+$s->flush;
+# once the node has begun (its status reads are served between slices),
+# a reset, not a FIN: the node's answer fails
+my $end = Time::HiRes::time() + 5;
+until ((self_status(1)->[0] // '') eq 'online' || Time::HiRes::time() > $end) { }
+my $mid = (self_status(10000)->[0] // '') ne 'online';
+setsockopt($s, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
+close $s;
+Test::More::note($mid ? 'reset mid-apply' : 'reset after the apply');
+Test::More::ok(wait_for(5, sub { self_status(10000)->[0] eq 'online' }),
+               'the last id online');
+Test::More::ok(wait_for(5, sub { pg_value("SELECT count(*) FROM users WHERE status = 'online'") eq '10000' }),
+               '10,000 online in PostgreSQL')
+    or Test::More::diag(pg_value("SELECT count(*) FROM users WHERE status = 'online'"));
+--- request
+GET /metrics
+--- response_body_like eval
+qr/presence_online_users 10000\n.*presence_heartbeats_total 10000\n.*presence_transitions_total\{to="online"\} 10000\n.*presence_events_dropped_total 0\n/s
+--- timeout: 10
