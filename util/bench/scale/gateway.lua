@@ -6,8 +6,12 @@
 -- as fast as they go.
 --
 --   ramp    the first SCALE_RAMP seconds the blocks come online one after
---           the other (a thundering herd of all users within SCALE_RAMP);
---           blocks already online are refreshed meanwhile
+--           the other (a thundering herd of all users within SCALE_RAMP):
+--           the first time of each block is spread evenly over the first
+--           95% of SCALE_RAMP (the last block is sent 3 s before the end
+--           of a 60 s ramp, so that the node's part shows in the time it
+--           takes), and a block due comes before any refresh; blocks
+--           already online are refreshed in the other requests
 --   churn   then SCALE_STEADY seconds in periods of SCALE_PERIOD: in
 --           period m (1, 2, ...) the users whose id % 100 == m are "gone"
 --           (1% drop out) and those of period m - 1 are online again
@@ -71,6 +75,7 @@ function init(args)
     slot = t0
     quiet = ramp_only and math.huge or t0 + (ramp + steady) * 1000
     cursor = 0
+    sent = 0             -- blocks sent once: 1..sent have been online
     n, ok, bad, ids = 0, 0, 0, 0
     pending = {}
 end
@@ -100,15 +105,26 @@ function request()
     local active, m = blocks, 0
 
     if t < ramp or ramp_only then
-        active = math.max(1, math.min(blocks, math.ceil(blocks * t / ramp)))
+        active = math.max(1, math.min(blocks,
+                                      math.ceil(blocks * t / (ramp * 0.95))))
     elseif churn then
         -- a request paced into the quiet end is still of the last period
         m = math.min(math.floor((t - ramp) / period) + 1,
                      math.max(1, math.floor(steady / period)))
     end
 
-    cursor = cursor % active + 1
-    local b, count = body(cursor, m)
+    local b, count
+
+    if sent < active then
+        -- a block due for the first time: before the refreshes (a cursor
+        -- over all active blocks reached the newest only a round later)
+        sent = sent + 1
+        b, count = body(sent, m)
+    else
+        cursor = cursor % active + 1
+        b, count = body(cursor, m)
+    end
+
     pending[#pending + 1] = count
     return wrk.format("POST", "/v1/presence", headers, b)
 end
