@@ -46,6 +46,7 @@
 static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_presence_sweep_handler(ngx_event_t *ev);
+static void ngx_http_presence_sweep_rest_handler(ngx_event_t *ev);
 
 static void *ngx_http_presence_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_presence_create_loc_conf(ngx_conf_t *cf);
@@ -528,6 +529,10 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
 
     ngx_add_timer(&pmcf->sweeper, pmcf->sweep_interval);
 
+    pmcf->sweep_rest.handler = ngx_http_presence_sweep_rest_handler;
+    pmcf->sweep_rest.data = pmcf;
+    pmcf->sweep_rest.log = cycle->log;
+
     if (pmcf->events
         && ngx_presence_events_init_process(pmcf->events, cycle, table)
            != NGX_OK)
@@ -651,8 +656,26 @@ ngx_http_presence_sweep_handler(ngx_event_t *ev)
                        n, table->sh->online);
     }
 
+    /* the rest of its scan, a chunk a turn of the event loop */
+    if (table->sh->scan_debt && !pmcf->sweep_rest.posted) {
+        ngx_post_event(&pmcf->sweep_rest, &ngx_posted_next_events);
+    }
+
     if (!ngx_exiting) {
         ngx_add_timer(ev, pmcf->sweep_interval);
+    }
+}
+
+
+static void
+ngx_http_presence_sweep_rest_handler(ngx_event_t *ev)
+{
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    pmcf = ev->data;
+
+    if (ngx_presence_sweep_more(pmcf->shm_zone->data, ngx_pid)) {
+        ngx_post_event(ev, &ngx_posted_next_events);
     }
 }
 

@@ -83,6 +83,13 @@
 #define NGX_PRESENCE_SCAN_MIN     256
 #define NGX_PRESENCE_SCAN_TICKS   600
 #define NGX_PRESENCE_PRESS_TICKS  50
+/*
+ * slots the reclaim scan visits in one go at most (under a millisecond):
+ * the rest of a tick's share is left to ngx_presence_sweep_more(), one
+ * turn of the event loop later, so that a pressed 5 M zone (1/50 of its
+ * 6.3 M slots a tick) does not hold its worker for 10 ms a tick
+ */
+#define NGX_PRESENCE_SCAN_CHUNK   8192
 /* pressed above 9/10 of max_users, until below 8/10 */
 #define NGX_PRESENCE_PRESS_HIGH   9
 #define NGX_PRESENCE_PRESS_LOW    8
@@ -154,7 +161,10 @@ static ngx_uint_t ngx_presence_reclaim(ngx_presence_table_t *table,
     uint32_t slot, uint64_t before, uint64_t *seen);
 static ngx_uint_t ngx_presence_evict(ngx_presence_table_t *table);
 static void ngx_presence_unlink(ngx_presence_table_t *table, uint32_t slot);
-static void ngx_presence_reclaim_scan(ngx_presence_table_t *table);
+static void ngx_presence_reclaim_scan(ngx_presence_table_t *table,
+    ngx_uint_t tick);
+static void ngx_presence_sweep_timed(ngx_presence_shctx_t *sh,
+    uint64_t start, ngx_uint_t tick);
 static ngx_int_t ngx_presence_resolve_node(ngx_presence_table_t *table,
     ngx_presence_node_t *node, ngx_uint_t invisible, uint64_t last_seen);
 static void ngx_presence_claim(ngx_presence_table_t *table,
@@ -1478,7 +1488,7 @@ ngx_uint_t
 ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 {
     uint32_t               slot, next, tick24, i, n, q, links;
-    uint64_t               now, t, s, late, last, end, start, took;
+    uint64_t               now, t, s, late, last, end, start;
     ngx_uint_t             expired;
     ngx_presence_shctx_t  *sh;
 
@@ -1627,21 +1637,76 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
     sh->audit = i;
 
     /* presence_retain, and room when the zone is nearly full */
-    ngx_presence_reclaim_scan(table);
+    ngx_presence_reclaim_scan(table, 1);
 
-    /* the tick's time, for /metrics: only the sweeper writes these */
-    took = ngx_presence_sweep_clock() - start;
-
-    __atomic_store_n(&sh->sweep_ns, sh->sweep_ns + took, __ATOMIC_RELAXED);
-    __atomic_store_n(&sh->sweep_ticks, sh->sweep_ticks + 1, __ATOMIC_RELEASE);
-
-    if (took > sh->sweep_max_ns) {
-        __atomic_store_n(&sh->sweep_max_ns, took, __ATOMIC_RELAXED);
-    }
+    ngx_presence_sweep_timed(sh, start, 1);
 
     ngx_presence_pid_unlock(&sh->sweep_lock, pid);
 
     return expired;
+}
+
+
+/*
+ * The rest of the reclaim scan's share of the ticks, a chunk a call.
+ * Returns 1 while some is left (call again, a turn of the event loop
+ * later); 0 when none is, or when another process sweeps now (its own
+ * tick goes on with it).
+ */
+
+ngx_uint_t
+ngx_presence_sweep_more(ngx_presence_table_t *table, ngx_pid_t pid)
+{
+    uint64_t               start;
+    ngx_uint_t             more;
+    ngx_presence_shctx_t  *sh;
+
+    sh = table->sh;
+
+    if (ngx_presence_load(&sh->scan_debt) == 0
+        || !ngx_presence_pid_lock(&sh->sweep_lock, pid, table->log,
+                                  &table->name, "sweep"))
+    {
+        return 0;
+    }
+
+    start = ngx_presence_sweep_clock();
+
+    ngx_presence_reclaim_scan(table, 0);
+
+    ngx_presence_sweep_timed(sh, start, 0);
+
+    more = (sh->scan_debt != 0);
+
+    ngx_presence_pid_unlock(&sh->sweep_lock, pid);
+
+    return more;
+}
+
+
+/*
+ * The sweeper's time, for /metrics, under the sweep lock: only the
+ * sweeper writes these.  "tick": a tick, else the rest of one's scan.
+ */
+
+static void
+ngx_presence_sweep_timed(ngx_presence_shctx_t *sh, uint64_t start,
+    ngx_uint_t tick)
+{
+    uint64_t  took;
+
+    took = ngx_presence_sweep_clock() - start;
+
+    __atomic_store_n(&sh->sweep_ns, sh->sweep_ns + took, __ATOMIC_RELAXED);
+
+    if (tick) {
+        __atomic_store_n(&sh->sweep_ticks, sh->sweep_ticks + 1,
+                         __ATOMIC_RELEASE);
+    }
+
+    if (took > sh->sweep_max_ns) {
+        __atomic_store_n(&sh->sweep_max_ns, took, __ATOMIC_RELAXED);
+    }
 }
 
 
@@ -2085,7 +2150,7 @@ ngx_presence_unlink(ngx_presence_table_t *table, uint32_t slot)
  */
 
 static void
-ngx_presence_reclaim_scan(ngx_presence_table_t *table)
+ngx_presence_reclaim_scan(ngx_presence_table_t *table, ngx_uint_t tick)
 {
     uint32_t               i, n, cap;
     uint64_t               now, age, before, seen, high, low, tracked, ticks;
@@ -2134,6 +2199,15 @@ ngx_presence_reclaim_scan(ngx_presence_table_t *table)
     n = cap / ngx_max(ticks, 1);
     n = ngx_max(n, NGX_PRESENCE_SCAN_MIN);
     n = ngx_min(n, cap);
+
+    /* the tick's share owed, a whole pass at most; a chunk of it now */
+
+    if (tick) {
+        sh->scan_debt = ngx_min(sh->scan_debt + n, cap);
+    }
+
+    n = (uint32_t) ngx_min(sh->scan_debt, NGX_PRESENCE_SCAN_CHUNK);
+    sh->scan_debt -= n;
 
     i = (sh->scan < cap) ? sh->scan : 0;
 

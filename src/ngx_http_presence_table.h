@@ -192,7 +192,10 @@ typedef struct {
     /* the sweeper's ticks, written under sweep_lock; ns of CLOCK_MONOTONIC */
     uint64_t                    sweep_ticks;
     uint64_t                    sweep_ns;    /* all ticks' time */
-    uint64_t                    sweep_max_ns; /* the longest tick */
+    uint64_t                    sweep_max_ns; /* the longest tick, or
+                                                 rest of one */
+    uint64_t                    scan_debt;   /* slots the reclaim scan owes:
+                                                see ngx_presence_sweep_more() */
     uint32_t                    wheel[NGX_PRESENCE_WHEEL];
     ngx_presence_counters_t     counters[NGX_MAX_PROCESSES];
     ngx_presence_node_t        *nodes;
@@ -463,6 +466,7 @@ ngx_int_t ngx_presence_resolve(ngx_presence_table_t *table, uint32_t id,
     ngx_uint_t invisible, uint64_t last_seen);
 
 ngx_uint_t ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid);
+ngx_uint_t ngx_presence_sweep_more(ngx_presence_table_t *table, ngx_pid_t pid);
 ngx_uint_t ngx_presence_pid_lock(ngx_atomic_t *lock, ngx_pid_t pid,
     ngx_log_t *log, ngx_str_t *name, const char *what);
 void ngx_presence_pid_unlock(ngx_atomic_t *lock, ngx_pid_t pid);

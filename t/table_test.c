@@ -1498,6 +1498,57 @@ small_table(ngx_presence_table_t *t)
 }
 
 
+/*
+ * A pressed table of a million slots owes 1/50 of them to the reclaim
+ * scan each tick, more than one chunk: the tick does a chunk, and
+ * ngx_presence_sweep_more() the rest, a chunk a call, until the share is
+ * done; each call is timed for the metrics, the tick counted once.
+ */
+
+static void
+test_scan_chunks(void)
+{
+    uint32_t               id, share, from, calls;
+    ngx_presence_table_t   t;
+
+    new_table(&t, 2 * (sizeof(ngx_presence_shctx_t) + 8 * 4096
+                       + 1000000 * sizeof(ngx_presence_node_t)
+                         * NGX_PRESENCE_EXTRA_SHARE
+                         / (NGX_PRESENCE_EXTRA_SHARE - 1)
+                       + 1000000 / 32 * 3 / 2 * sizeof(ngx_presence_name_t)));
+    stub_set_clock(7000000);
+
+    for (id = 1; id <= t.sh->max_users * 19 / 20; id++) {
+        ngx_presence_heartbeat(&t, ngx_presence_table_get(&t, id),
+                               ngx_presence_now_ms(), 600000, 0);
+    }
+
+    share = t.sh->capacity / 50;
+    from = t.sh->scan;
+
+    stub_set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
+    (void) ngx_presence_sweep(&t, ngx_pid);
+
+    ok(t.sh->evict_age != (uint64_t) -1 && share > 8192
+       && t.sh->scan == from + 8192 && t.sh->scan_debt == share - 8192
+       && t.sh->sweep_ticks == 1 && t.sh->sweep_max_ns > 0,
+       "scan chunks: a pressed tick scans one chunk, the rest is owed");
+
+    for (calls = 0; ngx_presence_sweep_more(&t, ngx_pid); calls++) {
+        /* void */
+    }
+
+    ok(t.sh->scan == from + share && t.sh->scan_debt == 0
+       && calls == (share - 8192 + 8191) / 8192 - 1
+       && t.sh->sweep_ticks == 1
+       && ngx_presence_sweep_more(&t, ngx_pid) == 0,
+       "scan chunks: the rest goes a chunk a call, the tick's share in all");
+
+    printf("# %u slots, a share of %u, %u more calls\n", t.sh->capacity,
+           share, calls + 1);
+}
+
+
 static void
 test_retain(void)
 {
@@ -2618,6 +2669,7 @@ main(void)
     test_full_of_gone_users();
     test_oldest_first();
     test_retain();
+    test_scan_chunks();
     test_tombstones();
     test_stale_node();
     test_concurrent_reclaim();
