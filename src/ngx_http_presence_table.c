@@ -79,7 +79,10 @@
 #define NGX_PRESENCE_NONE         ((uint32_t) -1)
 #define NGX_PRESENCE_SAME         2
 #define NGX_PRESENCE_NO_AGE       ((uint64_t) -1)
-/* the reclaim scan: the whole table every minute, every 5 s if pressed */
+/*
+ * the reclaim scan: the whole table every minute, every 5 s if pressed
+ * (at the share of offline users among those held)
+ */
 #define NGX_PRESENCE_SCAN_MIN     256
 #define NGX_PRESENCE_SCAN_TICKS   600
 #define NGX_PRESENCE_PRESS_TICKS  50
@@ -2154,6 +2157,7 @@ ngx_presence_reclaim_scan(ngx_presence_table_t *table, ngx_uint_t tick)
 {
     uint32_t               i, n, cap;
     uint64_t               now, age, before, seen, high, low, tracked, ticks;
+    uint64_t               online, off, press;
     ngx_presence_node_t   *node;
     ngx_presence_shctx_t  *sh;
 
@@ -2192,11 +2196,22 @@ ngx_presence_reclaim_scan(ngx_presence_table_t *table, ngx_uint_t tick)
         ticks = ngx_min(ticks, table->retain / NGX_PRESENCE_TICK / 2);
     }
 
+    n = cap / ngx_max(ticks, 1);
+
     if (sh->evict_age != NGX_PRESENCE_NO_AGE) {
-        ticks = ngx_min(ticks, NGX_PRESENCE_PRESS_TICKS);
+        /*
+         * Pressed: a pass every 5 s, as far as there are users to find.
+         * Only offline ones go: the pace is their share of those held, so
+         * that a zone full of online users (5 M in a zone sized for them)
+         * is scanned at the usual pace, not 12 times faster for nothing.
+         */
+        online = ngx_presence_load(&sh->online);
+        off = (tracked > online) ? tracked - online : 0;
+        press = (uint64_t) (cap / NGX_PRESENCE_PRESS_TICKS) * off
+                / ngx_max(tracked, 1);
+        n = ngx_max(n, (uint32_t) press);
     }
 
-    n = cap / ngx_max(ticks, 1);
     n = ngx_max(n, NGX_PRESENCE_SCAN_MIN);
     n = ngx_min(n, cap);
 

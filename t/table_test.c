@@ -1518,9 +1518,9 @@ test_scan_chunks(void)
                        + 1000000 / 32 * 3 / 2 * sizeof(ngx_presence_name_t)));
     stub_set_clock(7000000);
 
+    /* held, never online: the pressed pace is the whole 1/50 a tick */
     for (id = 1; id <= t.sh->max_users * 19 / 20; id++) {
-        ngx_presence_heartbeat(&t, ngx_presence_table_get(&t, id),
-                               ngx_presence_now_ms(), 600000, 0);
+        (void) ngx_presence_table_get(&t, id);
     }
 
     share = t.sh->capacity / 50;
@@ -1546,6 +1546,21 @@ test_scan_chunks(void)
 
     printf("# %u slots, a share of %u, %u more calls\n", t.sh->capacity,
            share, calls + 1);
+
+    /* all online: pressed still, but at the usual pace, 1/600 a tick */
+    for (id = 1; id <= t.sh->max_users * 19 / 20; id++) {
+        ngx_presence_heartbeat(&t, ngx_presence_table_get(&t, id),
+                               ngx_presence_now_ms(), 600000, 0);
+    }
+
+    from = t.sh->scan;
+    stub_set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
+    (void) ngx_presence_sweep(&t, ngx_pid);
+
+    ok(t.sh->evict_age != (uint64_t) -1 && t.sh->scan_debt == 0
+       && (t.sh->scan - from + t.sh->capacity) % t.sh->capacity
+          == t.sh->capacity / 600,
+       "scan chunks: a pressed zone of online users, the usual pace");
 }
 
 
