@@ -70,7 +70,16 @@ sub nginx_get {
     my $s = connect_to($where) or return (0, '');
     print $s "GET $path HTTP/1.0\r\nHost: localhost\r\n\r\n";
     local $/;
-    my $res = <$s> // '';
+    # bounded: a node whose workers all died (its master holds the
+    # socket, nobody answers) is a failed check, not a hung test
+    my $res = eval {
+        local $SIG{ALRM} = sub { die "timeout\n" };
+        alarm 10;
+        my $r = <$s>;
+        alarm 0;
+        $r;
+    } // '';
+    alarm 0;
     my ($status) = $res =~ m{^HTTP/1\.\d (\d+)};
     my (undef, $body) = split /\r\n\r\n/, $res, 2;
     return ($status // 0, $body // '');
