@@ -23,7 +23,13 @@
 
 
 #define NGX_PRESENCE_RESUME_ZONE      "presence_resume"
-#define NGX_PRESENCE_RESUME_MAGIC     0x7072657372730001ULL
+#define NGX_PRESENCE_RESUME_MAGIC     0x7072657372730002ULL
+
+/* the batches given to resuming streams that are remembered */
+#define NGX_PRESENCE_RESUME_GIVEN     4096
+
+/* ms before the end of a second after which nchan may be in the next */
+#define NGX_PRESENCE_RESUME_LATE      250
 
 
 /* NGX_PRESENCE_RESUME_ENTRY bytes */
@@ -38,6 +44,22 @@ typedef struct {
 } ngx_presence_resume_entry_t;
 
 
+/*
+ * A batch of changes given to a resuming stream on its own channel: nchan
+ * tags them 0, 1, ... in the second they are published, its id of those
+ * channels is not moved, so a later resume from an id of that second
+ * takes every change up to "cut" as seen (the stream's users: "ids", a
+ * CRC32 of their list)
+ */
+typedef struct {
+    uint64_t                    cut;
+    uint32_t                    time;
+    uint32_t                    ids;
+    uint32_t                    count;
+    uint32_t                    msec;        /* of "time" */
+} ngx_presence_resume_given_t;
+
+
 typedef struct {
     uint64_t                    magic;
     uint64_t                    next;        /* serial of the next entry */
@@ -47,6 +69,8 @@ typedef struct {
     uint32_t                    mask;        /* buckets - 1 */
     uint64_t                   *buckets;     /* the newest serial of each */
     ngx_presence_resume_entry_t  *entries;
+    uint64_t                    ngiven;      /* batches given so far */
+    ngx_presence_resume_given_t  *given;
 } ngx_presence_resume_sh_t;
 
 
@@ -141,6 +165,7 @@ ngx_presence_resume_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     /* an entry and a bucket each; what the slab's pages leave */
 
     avail = shm_zone->shm.size - sizeof(ngx_presence_resume_sh_t)
+            - NGX_PRESENCE_RESUME_GIVEN * sizeof(ngx_presence_resume_given_t)
             - 16 * ngx_pagesize;
     n = avail / (sizeof(ngx_presence_resume_entry_t) + sizeof(uint64_t));
 
@@ -157,7 +182,10 @@ ngx_presence_resume_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     sh->entries = ngx_slab_alloc(shpool,
                                  n * sizeof(ngx_presence_resume_entry_t));
 
-    if (sh->buckets == NULL || sh->entries == NULL) {
+    sh->given = ngx_slab_calloc(shpool, NGX_PRESENCE_RESUME_GIVEN
+                                        * sizeof(ngx_presence_resume_given_t));
+
+    if (sh->buckets == NULL || sh->entries == NULL || sh->given == NULL) {
         return NGX_ERROR;
     }
 
@@ -470,6 +498,102 @@ ngx_presence_resume_cmp(const void *one, const void *two)
     const ngx_presence_resume_msg_t  *a = one, *b = two;
 
     return (a->serial < b->serial) ? -1 : (a->serial > b->serial);
+}
+
+
+/* a stream of users "ids" is given "count" changes up to the serial "cut" */
+
+void
+ngx_presence_resume_given(ngx_presence_resume_t *rs, uint32_t ids,
+    ngx_uint_t count, uint64_t cut)
+{
+    ngx_time_t                   *tp;
+    ngx_presence_resume_sh_t     *sh;
+    ngx_presence_resume_given_t  *g;
+
+    sh = rs->sh;
+    tp = ngx_timeofday();
+
+    ngx_shmtx_lock(&rs->shpool->mutex);
+
+    g = &sh->given[sh->ngiven++ % NGX_PRESENCE_RESUME_GIVEN];
+
+    g->cut = cut;
+    g->time = (uint32_t) tp->sec;
+    g->msec = (uint32_t) tp->msec;
+    g->ids = ids;
+    g->count = (uint32_t) count;
+
+    ngx_shmtx_unlock(&rs->shpool->mutex);
+}
+
+
+/*
+ * The serial up to which a stream at "pos" (n users "ids", its own channel
+ * last) saw every change, 0: none known.  Its id's own channel tag is that
+ * of the last change it was given in the id's second: when it got its
+ * whole batch in that second, the changes of that batch are seen though
+ * their own channels' tags in the id say nothing of them.  nchan's second
+ * is the batch's, or the next one for a batch given late in its second
+ * (NGX_PRESENCE_RESUME_LATE ms: nchan's clock, or this worker's cached
+ * one, may be that far apart).  Other batches of streams of the same
+ * users there that match too: the smallest cut; one that does not (a
+ * batch cut midway): none, so that no change is ever taken as seen that
+ * was not (a change given twice is dropped by its seq).
+ */
+
+uint64_t
+ngx_presence_resume_seen(ngx_presence_resume_t *rs, uint32_t ids,
+    ngx_uint_t n, ngx_presence_resume_pos_t *pos)
+{
+    int16_t                       tag;
+    uint64_t                      cut, k, last;
+    ngx_presence_resume_sh_t     *sh;
+    ngx_presence_resume_given_t  *g;
+
+    if (pos->n != n + 1 || pos->tags[n] < 0) {
+        return 0;
+    }
+
+    tag = pos->tags[n];
+    sh = rs->sh;
+    cut = 0;
+
+    ngx_shmtx_lock(&rs->shpool->mutex);
+
+    last = (sh->ngiven > NGX_PRESENCE_RESUME_GIVEN)
+           ? sh->ngiven - NGX_PRESENCE_RESUME_GIVEN : 0;
+
+    /* newest first */
+
+    for (k = sh->ngiven; k-- > last; ) {
+        g = &sh->given[k % NGX_PRESENCE_RESUME_GIVEN];
+
+        if (g->time + 2 < pos->time) {
+            break;
+        }
+
+        if (g->ids != ids
+            || !(g->time == pos->time
+                 || (g->time + 1 == pos->time
+                     && g->msec >= 1000 - NGX_PRESENCE_RESUME_LATE)))
+        {
+            continue;
+        }
+
+        if (g->count != (uint32_t) tag + 1) {
+            cut = 0;
+            break;
+        }
+
+        if (cut == 0 || g->cut < cut) {
+            cut = g->cut;
+        }
+    }
+
+    ngx_shmtx_unlock(&rs->shpool->mutex);
+
+    return cut;
 }
 
 

@@ -89,6 +89,18 @@ ngx_int_t ngx_presence_resume_collect(ngx_presence_resume_t *rs,
     uint64_t after, ngx_presence_resume_msg_t *out, ngx_uint_t *nout,
     uint64_t *cut);
 
+/* a resuming stream of users "ids" (a CRC32 of their list) was given these */
+void ngx_presence_resume_given(ngx_presence_resume_t *rs, uint32_t ids,
+    ngx_uint_t count, uint64_t cut);
+
+/*
+ * The serial up to which a stream at pos saw every change of its users,
+ * though its id does not say so (what it was given on its own channel),
+ * 0: none known; the "after" of ngx_presence_resume_collect()
+ */
+uint64_t ngx_presence_resume_seen(ngx_presence_resume_t *rs, uint32_t ids,
+    ngx_uint_t n, ngx_presence_resume_pos_t *pos);
+
 void ngx_presence_resume_stats(ngx_presence_resume_t *rs, uint64_t *kept,
     uint64_t *size);
 

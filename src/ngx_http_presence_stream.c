@@ -638,7 +638,8 @@ ngx_http_presence_resume_handler(ngx_event_t *ev)
 {
     ngx_http_presence_resume_job_t  *job = ev->data;
 
-    uint64_t                        cut;
+    uint32_t                        crc;
+    uint64_t                        cut, after;
     ngx_int_t                       rc;
     ngx_uint_t                      m;
     ngx_presence_resume_msg_t      *msgs;
@@ -661,27 +662,40 @@ ngx_http_presence_resume_handler(ngx_event_t *ev)
     m = 0;
     rc = NGX_DECLINED;
     msgs = NULL;
+    crc = 0;
 
     if (!job->resync) {
         msgs = ngx_alloc(NGX_PRESENCE_RESUME_MAX
                          * sizeof(ngx_presence_resume_msg_t), ev->log);
 
         if (msgs) {
+            crc = ngx_crc32_long((u_char *) job->ids,
+                                 job->n * sizeof(uint32_t));
+
+            /* what an earlier resume gave it, not in its id */
+            after = ngx_presence_resume_seen(pmcf->resume, crc, job->n,
+                                             &job->pos);
+
             rc = ngx_presence_resume_collect(pmcf->resume, job->ids, job->n,
-                                             &job->pos, 0, msgs, &m, &cut);
+                                             &job->pos, after, msgs, &m,
+                                             &cut);
         }
     }
 
     ngx_presence_events_count_resume(pmcf->events, rc != NGX_OK);
 
-    if ((rc != NGX_OK || m)
-        && ngx_http_presence_resume_send(pmcf, job->key, msgs, m,
-                                         rc != NGX_OK)
-           != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
-                      "presence events: no room in the events queue for "
-                      "what a resuming stream missed");
+    if (rc != NGX_OK || m) {
+        if (ngx_http_presence_resume_send(pmcf, job->key, msgs, m,
+                                          rc != NGX_OK)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                          "presence events: no room in the events queue for "
+                          "what a resuming stream missed");
+
+        } else if (rc == NGX_OK) {
+            ngx_presence_resume_given(pmcf->resume, crc, m, cut);
+        }
     }
 
     if (msgs) {
