@@ -43,6 +43,19 @@ typedef struct {
 } ngx_http_presence_known_t;
 
 
+/* a load ahead of a cached set: ngx_presence_subs_lookup()'s NGX_AGAIN */
+typedef struct {
+    ngx_http_presence_main_conf_t  *pmcf;
+    uint32_t                        uid;
+    ngx_atomic_uint_t               version;
+} ngx_http_presence_ahead_t;
+
+
+/* at most one more than the cap: a set over it is not cached */
+#define NGX_HTTP_PRESENCE_SUBS_SQL                                           \
+    "SELECT user_id_t FROM users_subscribers WHERE user_id = $1 LIMIT $2"
+
+
 /* one row of a lookup's answer */
 typedef struct {
     uint32_t                    id;
@@ -59,6 +72,12 @@ static ngx_int_t ngx_http_presence_gate_some(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx);
 static void ngx_http_presence_gate_some_loaded(void *data, PGresult *res,
     ngx_int_t rc);
+static void ngx_http_presence_gate_ahead(ngx_http_presence_main_conf_t *pmcf,
+    uint32_t uid, ngx_atomic_uint_t version, ngx_log_t *log);
+static void ngx_http_presence_gate_ahead_loaded(void *data, PGresult *res,
+    ngx_int_t rc);
+static void ngx_http_presence_targets_fill(uint32_t *targets, PGresult *res,
+    int n);
 static uint32_t *ngx_http_presence_targets(ngx_pool_t *pool, PGresult *res,
     int n);
 static void ngx_http_presence_gate_prefetch(ngx_http_request_t *r,
@@ -328,6 +347,13 @@ ngx_http_presence_gate(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
                    "presence gate: user %uD, %ui ids, subscriptions %s",
                    ctx->uid, ctx->n, (rc == NGX_OK) ? "cached" : "asked");
 
+    if (rc == NGX_AGAIN) {
+        /* cached, its TTL nearly over: loaded again while it answers */
+        ngx_http_presence_gate_ahead(pmcf, ctx->uid, ctx->version,
+                                     r->connection->log);
+        rc = NGX_OK;
+    }
+
     if (rc == NGX_OK) {
         return ngx_http_presence_gate_check(r, ctx);
     }
@@ -352,10 +378,9 @@ ngx_http_presence_gate(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
     params[0] = *p;
     params[1] = *c;
 
-    rc = ngx_http_presence_send_query(r, ctx,
-             "SELECT user_id_t FROM users_subscribers WHERE user_id = $1 "
-             "LIMIT $2",
-             2, params, ngx_http_presence_gate_loaded);
+    rc = ngx_http_presence_send_query(r, ctx, NGX_HTTP_PRESENCE_SUBS_SQL,
+                                      2, params,
+                                      ngx_http_presence_gate_loaded);
 
     /* a database that refuses is a 503, sent, and NGX_DONE too */
     return (rc == NGX_DONE) ? NGX_DONE : ngx_http_presence_sent(r, rc);
@@ -427,9 +452,84 @@ ngx_http_presence_gate_loaded(void *data, PGresult *res, ngx_int_t rc)
         return;
     }
 
-    ngx_presence_subs_store(&pmcf->subs, ctx->uid, ctx->version, targets, n);
+    ngx_presence_subs_store(&pmcf->subs, ctx->uid, ctx->version, targets, n,
+                            0);
 
     ngx_http_presence_gate_mark(r, ctx, targets, n);
+}
+
+
+/*
+ * A load ahead belongs to no request: a failed one (the database down,
+ * the pool full) leaves the set to expire at its TTL, loaded then; one
+ * that finds a set over the cap stores nothing either (_gate_loaded()
+ * does what such a set needs, once it expired).
+ */
+
+static void
+ngx_http_presence_gate_ahead(ngx_http_presence_main_conf_t *pmcf,
+    uint32_t uid, ngx_atomic_uint_t version, ngx_log_t *log)
+{
+    u_char                      id[NGX_INT32_LEN], cap[NGX_INT_T_LEN];
+    ngx_str_t                   params[2];
+    ngx_http_presence_ahead_t  *a;
+
+    a = ngx_alloc(sizeof(ngx_http_presence_ahead_t), log);
+    if (a == NULL) {
+        return;
+    }
+
+    a->pmcf = pmcf;
+    a->uid = uid;
+    a->version = version;
+
+    params[0].data = id;
+    params[0].len = ngx_sprintf(id, "%uD", uid) - id;
+    params[1].data = cap;
+    params[1].len = ngx_sprintf(cap, "%i", pmcf->subs.max + 1) - cap;
+
+    if (ngx_presence_pg_query(pmcf->pg, NGX_HTTP_PRESENCE_SUBS_SQL, 2,
+                              params, ngx_http_presence_gate_ahead_loaded, a)
+        == NULL)
+    {
+        ngx_free(a);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "presence gate: the set of %uD is loaded ahead", uid);
+}
+
+
+static void
+ngx_http_presence_gate_ahead_loaded(void *data, PGresult *res, ngx_int_t rc)
+{
+    ngx_http_presence_ahead_t *a = data;
+
+    int        n;
+    uint32_t  *targets;
+
+    if (rc == NGX_OK && PQresultStatus(res) == PGRES_TUPLES_OK) {
+        n = PQntuples(res);
+
+        if (n <= a->pmcf->subs.max) {
+            targets = ngx_alloc((n + 1) * sizeof(uint32_t), ngx_cycle->log);
+
+            if (targets) {
+                ngx_http_presence_targets_fill(targets, res, n);
+                ngx_presence_subs_store(&a->pmcf->subs, a->uid, a->version,
+                                        targets, n, 1);
+                ngx_free(targets);
+            }
+        }
+
+    } else if (rc == NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "presence: query failed: %s",
+                      PQresultErrorMessage(res));
+    }
+
+    ngx_free(a);
 }
 
 
@@ -507,13 +607,23 @@ ngx_http_presence_gate_some_loaded(void *data, PGresult *res, ngx_int_t rc)
 static uint32_t *
 ngx_http_presence_targets(ngx_pool_t *pool, PGresult *res, int n)
 {
-    int        i;
     uint32_t  *targets;
 
     targets = ngx_palloc(pool, (n + 1) * sizeof(uint32_t));
     if (targets == NULL) {
         return NULL;
     }
+
+    ngx_http_presence_targets_fill(targets, res, n);
+
+    return targets;
+}
+
+
+static void
+ngx_http_presence_targets_fill(uint32_t *targets, PGresult *res, int n)
+{
+    int  i;
 
     for (i = 0; i < n; i++) {
         if (ngx_http_presence_parse_id((u_char *) PQgetvalue(res, i, 0),
@@ -523,8 +633,6 @@ ngx_http_presence_targets(ngx_pool_t *pool, PGresult *res, int n)
             targets[i] = 0;
         }
     }
-
-    return targets;
 }
 
 

@@ -522,7 +522,8 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     uint64_t                        ticks, ns, max;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
-    ngx_uint_t                      sets, evicted, uncached, rebuilt;
+    ngx_uint_t                      sets, evicted, uncached, rebuilt,
+                                    misses, ahead;
     ngx_presence_table_t           *table;
     ngx_presence_counters_t         sum;
     ngx_http_presence_main_conf_t  *pmcf;
@@ -550,7 +551,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
                                   &errors);
     }
 
-    len = 3456 + 512 + 17 * NGX_ATOMIC_T_LEN
+    len = 3456 + 1024 + 19 * NGX_ATOMIC_T_LEN
           + NGX_HTTP_PRESENCE_SYNC_METRICS_LEN
           + NGX_HTTP_PRESENCE_LOOKUP_METRICS_LEN
           + NGX_PRESENCE_CLUSTER_METRICS_LEN
@@ -631,7 +632,7 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
     b->last = ngx_presence_events_resume_metrics(pmcf->events, b->last);
 
     ngx_presence_subs_stats(&pmcf->subs, &sets, &evicted, &uncached,
-                            &rebuilt);
+                            &rebuilt, &misses, &ahead);
 
     b->last = ngx_sprintf(b->last,
         "# HELP presence_subs_cached_sets Subscription sets cached.\n"
@@ -647,8 +648,16 @@ ngx_http_presence_metrics_handler(ngx_http_request_t *r)
         "# HELP presence_subs_rebuilt_total Cache rebuilds after a "
         "writer died mid-update.\n"
         "# TYPE presence_subs_rebuilt_total counter\n"
-        "presence_subs_rebuilt_total %ui\n",
-        sets, evicted, uncached, rebuilt);
+        "presence_subs_rebuilt_total %ui\n"
+        "# HELP presence_subs_misses_total Lookups of a set not cached "
+        "(or past its TTL): the request waited for PostgreSQL.\n"
+        "# TYPE presence_subs_misses_total counter\n"
+        "presence_subs_misses_total %ui\n"
+        "# HELP presence_subs_ahead_total Sets loaded again ahead of their "
+        "TTL while they answered.\n"
+        "# TYPE presence_subs_ahead_total counter\n"
+        "presence_subs_ahead_total %ui\n",
+        sets, evicted, uncached, rebuilt, misses, ahead);
 
     r->headers_out.content_type_len = sizeof("text/plain; version=0.0.4") - 1;
     ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");

@@ -24,6 +24,8 @@ typedef struct {
     uint32_t                    cap;
     uint32_t                   *targets;     /* sorted */
     ngx_msec_t                  loaded;      /* ngx_current_msec: a TTL */
+    ngx_msec_t                  asked;       /* a load ahead was asked for
+                                                then, 0: none */
 } ngx_presence_subs_node_t;
 
 
@@ -40,6 +42,9 @@ static ngx_presence_subs_node_t *ngx_presence_subs_find(
     ngx_presence_subs_t *subs, uint32_t uid);
 static ngx_uint_t ngx_presence_subs_expired(ngx_presence_subs_t *subs,
     ngx_presence_subs_node_t *sn);
+static ngx_int_t ngx_presence_subs_ahead(ngx_presence_subs_t *subs,
+    ngx_presence_subs_node_t *sn, ngx_presence_subs_shctx_t *sh, uint32_t uid,
+    ngx_atomic_uint_t *version);
 static ngx_uint_t ngx_presence_subs_bsearch(ngx_presence_subs_node_t *sn,
     uint32_t id, ngx_uint_t *pos);
 static void ngx_presence_subs_has(uint32_t *t, ngx_uint_t n, uint32_t *ids,
@@ -183,14 +188,16 @@ ngx_int_t
 ngx_presence_subs_lookup(ngx_presence_subs_t *subs, uint32_t uid,
     uint32_t *ids, ngx_uint_t n, u_char *out, ngx_atomic_uint_t *version)
 {
+    ngx_int_t                   rc;
     ngx_presence_subs_node_t   *sn;
     ngx_presence_subs_shctx_t  *sh;
 
     /*
      * A set already first in the LRU list is only read: nothing in the
-     * zone is written but the mutex (no writer mark, no list links), so
-     * that the lines of a caller's set stay shared by the workers' caches
-     * instead of moving from one to the other at every request.
+     * zone is written but the mutex (no writer mark, no list links; the
+     * mark of a load ahead once a TTL), so that the lines of a caller's
+     * set stay shared by the workers' caches instead of moving from one
+     * to the other at every request.
      */
 
     ngx_shmtx_lock(&subs->shpool->mutex);
@@ -205,8 +212,9 @@ ngx_presence_subs_lookup(ngx_presence_subs_t *subs, uint32_t uid,
             && !ngx_presence_subs_expired(subs, sn))
         {
             ngx_presence_subs_has(sn->targets, sn->n, ids, n, out);
+            rc = ngx_presence_subs_ahead(subs, sn, sh, uid, version);
             ngx_shmtx_unlock(&subs->shpool->mutex);
-            return NGX_OK;
+            return rc;
         }
     }
 
@@ -224,6 +232,7 @@ ngx_presence_subs_lookup(ngx_presence_subs_t *subs, uint32_t uid,
 
     if (sn == NULL) {
         *version = sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS];
+        sh->misses++;
         ngx_presence_subs_unlock(subs);
         return NGX_DECLINED;
     }
@@ -233,15 +242,53 @@ ngx_presence_subs_lookup(ngx_presence_subs_t *subs, uint32_t uid,
 
     ngx_presence_subs_has(sn->targets, sn->n, ids, n, out);
 
+    rc = ngx_presence_subs_ahead(subs, sn, sh, uid, version);
+
     ngx_presence_subs_unlock(subs);
 
-    return NGX_OK;
+    return rc;
+}
+
+
+/*
+ * A set used in the last quarter of its TTL is loaded again ahead
+ * (NGX_AGAIN, once, or again an eighth of the TTL later if that load was
+ * lost), while it answers: a caller active more often than that never
+ * waits for the database, and no set is used past its TTL.
+ */
+
+static ngx_int_t
+ngx_presence_subs_ahead(ngx_presence_subs_t *subs,
+    ngx_presence_subs_node_t *sn, ngx_presence_subs_shctx_t *sh, uint32_t uid,
+    ngx_atomic_uint_t *version)
+{
+    ngx_msec_t  age;
+
+    if (subs->ttl == 0) {
+        return NGX_OK;
+    }
+
+    age = ngx_current_msec - sn->loaded;
+
+    if (age < subs->ttl - subs->ttl / 4
+        || (sn->asked
+            && ngx_current_msec - sn->asked < ngx_max(subs->ttl / 8, 1)))
+    {
+        return NGX_OK;
+    }
+
+    sn->asked = ngx_current_msec ? ngx_current_msec : 1;
+    *version = sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS];
+    sh->ahead++;
+
+    return NGX_AGAIN;
 }
 
 
 void
 ngx_presence_subs_store(ngx_presence_subs_t *subs, uint32_t uid,
-    ngx_atomic_uint_t version, uint32_t *targets, ngx_uint_t n)
+    ngx_atomic_uint_t version, uint32_t *targets, ngx_uint_t n,
+    ngx_uint_t ahead)
 {
     size_t                      size;
     ngx_presence_subs_node_t   *sn;
@@ -249,12 +296,23 @@ ngx_presence_subs_store(ngx_presence_subs_t *subs, uint32_t uid,
 
     sh = ngx_presence_subs_lock(subs);
 
-    if (sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS] != version
-        || ngx_presence_subs_find(subs, uid) != NULL)
-    {
-        /* changed or loaded meanwhile: what we hold may be stale */
+    if (sh->versions[uid % NGX_PRESENCE_SUBS_VERSIONS] != version) {
+        /* changed meanwhile: what we hold may be stale */
         ngx_presence_subs_unlock(subs);
         return;
+    }
+
+    sn = ngx_presence_subs_find(subs, uid);
+
+    if (sn != NULL) {
+        if (!ahead) {
+            /* loaded meanwhile, as new as ours */
+            ngx_presence_subs_unlock(subs);
+            return;
+        }
+
+        /* a load ahead: the set as read now replaces the old one */
+        ngx_presence_subs_free(subs, sn);
     }
 
     size = ngx_max(n, 4) * sizeof(uint32_t);
@@ -288,6 +346,7 @@ ngx_presence_subs_store(ngx_presence_subs_t *subs, uint32_t uid,
     ngx_qsort(sn->targets, n, sizeof(uint32_t), ngx_presence_subs_cmp);
     sn->n = n;
     sn->loaded = ngx_current_msec;
+    sn->asked = 0;
 
     sn->node.key = uid;
     ngx_rbtree_insert(&sh->rbtree, &sn->node);
@@ -395,7 +454,8 @@ ngx_presence_subs_drop(ngx_presence_subs_t *subs, uint32_t uid)
 
 void
 ngx_presence_subs_stats(ngx_presence_subs_t *subs, ngx_uint_t *sets,
-    ngx_uint_t *evicted, ngx_uint_t *uncached, ngx_uint_t *rebuilt)
+    ngx_uint_t *evicted, ngx_uint_t *uncached, ngx_uint_t *rebuilt,
+    ngx_uint_t *misses, ngx_uint_t *ahead)
 {
     ngx_presence_subs_shctx_t  *sh;
 
@@ -405,6 +465,8 @@ ngx_presence_subs_stats(ngx_presence_subs_t *subs, ngx_uint_t *sets,
         *evicted = 0;
         *uncached = 0;
         *rebuilt = 0;
+        *misses = 0;
+        *ahead = 0;
         return;
     }
 
@@ -414,6 +476,8 @@ ngx_presence_subs_stats(ngx_presence_subs_t *subs, ngx_uint_t *sets,
     *evicted = sh->evicted;
     *uncached = sh->uncached;
     *rebuilt = sh->rebuilt;
+    *misses = sh->misses;
+    *ahead = sh->ahead;
 
     ngx_presence_subs_unlock(subs);
 }

@@ -52,6 +52,8 @@ typedef struct {
     ngx_atomic_t                evicted;
     ngx_atomic_t                uncached;    /* sets too large to cache */
     ngx_atomic_t                rebuilt;
+    ngx_atomic_t                misses;      /* lookups that waited */
+    ngx_atomic_t                ahead;       /* loads ahead of the TTL */
 } ngx_presence_subs_shctx_t;
 
 
@@ -69,7 +71,9 @@ ngx_int_t ngx_presence_subs_init(ngx_presence_subs_t *subs,
 /*
  * NGX_OK: the caller's set is cached and out[i] tells whether it
  * subscribes to ids[i].  NGX_DECLINED: not cached; load the set and store
- * it with the version returned here.
+ * it with the version returned here.  NGX_AGAIN: as NGX_OK, but the set
+ * is in the last quarter of its TTL: load it again in the background and
+ * store it with that version, "ahead".
  */
 ngx_int_t ngx_presence_subs_lookup(ngx_presence_subs_t *subs, uint32_t uid,
     uint32_t *ids, ngx_uint_t n, u_char *out, ngx_atomic_uint_t *version);
@@ -80,7 +84,8 @@ ngx_int_t ngx_presence_subs_lookup(ngx_presence_subs_t *subs, uint32_t uid,
  * nothing: it is read from the database each time.
  */
 void ngx_presence_subs_store(ngx_presence_subs_t *subs, uint32_t uid,
-    ngx_atomic_uint_t version, uint32_t *targets, ngx_uint_t n);
+    ngx_atomic_uint_t version, uint32_t *targets, ngx_uint_t n,
+    ngx_uint_t ahead);
 
 /* after a committed subscribe (add) or unsubscribe */
 void ngx_presence_subs_update(ngx_presence_subs_t *subs, uint32_t uid,
@@ -92,9 +97,13 @@ void ngx_presence_subs_update(ngx_presence_subs_t *subs, uint32_t uid,
  */
 void ngx_presence_subs_drop(ngx_presence_subs_t *subs, uint32_t uid);
 
-/* for the metrics: sets cached, evicted, too large to cache, rebuilds */
+/*
+ * for the metrics: sets cached, evicted, too large to cache, rebuilds,
+ * lookups that missed, loads ahead
+ */
 void ngx_presence_subs_stats(ngx_presence_subs_t *subs, ngx_uint_t *sets,
-    ngx_uint_t *evicted, ngx_uint_t *uncached, ngx_uint_t *rebuilt);
+    ngx_uint_t *evicted, ngx_uint_t *uncached, ngx_uint_t *rebuilt,
+    ngx_uint_t *misses, ngx_uint_t *ahead);
 
 
 #endif /* _NGX_HTTP_PRESENCE_SUBS_H_INCLUDED_ */

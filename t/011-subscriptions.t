@@ -286,3 +286,42 @@ presence_subscriptions_max 0;
 --- must_die
 --- error_log
 "presence_subscriptions_max" must be between 1 and 1000000
+
+
+
+=== TEST 15: a cached set read in the last quarter of its TTL is loaded again ahead
+--- http_config
+presence_zone name=presence size=4m;
+presence_auth_secret $TEST_NGINX_PRESENCE_SECRET;
+presence_cache_zone name=subs size=1m;
+presence_subscriptions_ttl 4s;
+presence_postgres "$TEST_NGINX_PG_DSN" pool=2 timeout=3s;
+--- config
+    # pg api
+--- init
+pg_reset(users => [[1001, 'alice'], [1002, 'bob'], [1003, 'carol']],
+         subs => [[1001, 1002]]);
+--- request
+GET /v1/status/1002
+--- more_headers eval
+bearer(1001)
+--- error_code: 200
+
+
+
+=== TEST 16: (same nginx) it answers meanwhile; once loaded ahead, as PostgreSQL has it, before the TTL is over
+--- init
+# a row made straight in PostgreSQL: the cached set does not have it
+psql("INSERT INTO users_subscribers (user_id, user_id_t) VALUES (1001, 1003);\n");
+--- request eval
+# at 3.3 s the set answers and is loaded ahead; at 3.6 s (its TTL, 4 s,
+# not over: without the load ahead, still 403) the new row counts
+["GET /v1/status/1003", PresenceTest::pause(3.2), "GET /v1/status/1002",
+ PresenceTest::pause(0.3), "GET /v1/status/1003", "GET /metrics"]
+--- more_headers eval
+[bearer(1001), "", bearer(1001), "", bearer(1001), ""]
+--- error_code eval
+[403, 204, 200, 204, 200, 200]
+--- response_body_like eval
+[qr/"not_subscribed"/, qr/^$/, qr/^\{"id":1002,/, qr/^$/, qr/^\{"id":1003,/,
+ qr/presence_subs_misses_total 1\n.*presence_subs_ahead_total 1\n/s]

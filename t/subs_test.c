@@ -133,7 +133,7 @@ worker_op(uint32_t *targets)
                 targets[k] = id;
             }
 
-            ngx_presence_subs_store(&subs, uid, version, targets, n);
+            ngx_presence_subs_store(&subs, uid, version, targets, n, 0);
         }
 
         break;
@@ -398,7 +398,7 @@ test_functional(void)
     ok(ngx_presence_subs_lookup(&subs, 5000, ids, 4, out, &version)
        == NGX_DECLINED, "an uncached set is a miss");
 
-    ngx_presence_subs_store(&subs, 5000, version, targets, 3);
+    ngx_presence_subs_store(&subs, 5000, version, targets, 3, 0);
 
     ok(ngx_presence_subs_lookup(&subs, 5000, ids, 4, out, &version)
        == NGX_OK && out[0] && !out[1] && out[2] && out[3],
@@ -431,7 +431,7 @@ test_drop_ttl(void)
 
     ngx_presence_subs_drop(&subs, 5001);
     (void) ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version);
-    ngx_presence_subs_store(&subs, 5001, version, targets, 1);
+    ngx_presence_subs_store(&subs, 5001, version, targets, 1, 0);
 
     ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
        == NGX_OK && out[0], "a stored set answers");
@@ -442,7 +442,7 @@ test_drop_ttl(void)
        == NGX_DECLINED, "a dropped set is a miss");
 
     ngx_presence_subs_drop(&subs, 5001);
-    ngx_presence_subs_store(&subs, 5001, old, targets, 1);
+    ngx_presence_subs_store(&subs, 5001, old, targets, 1, 0);
 
     ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
        == NGX_DECLINED && version != old,
@@ -450,19 +450,66 @@ test_drop_ttl(void)
 
     subs.ttl = 1000;
     stub_set_clock(50000);
-    ngx_presence_subs_store(&subs, 5001, version, targets, 1);
+    ngx_presence_subs_store(&subs, 5001, version, targets, 1, 0);
+
+    stub_set_clock(50749);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
+       == NGX_OK && out[0], "a set younger than the TTL answers");
 
     stub_set_clock(50999);
     ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
-       == NGX_OK && out[0], "a set younger than the TTL answers");
+       == NGX_AGAIN && out[0],
+       "in the TTL's last quarter it answers, and is to be loaded ahead");
+
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
+       == NGX_OK && out[0], "a load ahead is asked for once");
 
     stub_set_clock(51000);
     ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
        == NGX_DECLINED, "a set as old as the TTL is loaded again");
 
-    ngx_presence_subs_store(&subs, 5001, version, targets, 1);
+    ngx_presence_subs_store(&subs, 5001, version, targets, 1, 0);
     ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
        == NGX_OK && out[0], "and the new load answers");
+
+    /* loads ahead: stored over the set, unless it changed meanwhile */
+
+    stub_set_clock(51800);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &old)
+       == NGX_AGAIN, "ahead again");
+
+    stub_set_clock(51900);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
+       == NGX_OK, "not asked again within an eighth of the TTL");
+
+    stub_set_clock(51925);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
+       == NGX_AGAIN && version == old,
+       "asked again after it: the first load may be lost");
+
+    stub_set_clock(51930);
+    ngx_presence_subs_store(&subs, 5001, old, targets, 1, 1);
+
+    stub_set_clock(52100);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
+       == NGX_OK && out[0],
+       "a load ahead replaces the set, and its TTL starts again");
+
+    stub_set_clock(52700);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &old)
+       == NGX_AGAIN, "ahead again");
+
+    ngx_presence_subs_update(&subs, 5001, 10, 0);
+    ngx_presence_subs_store(&subs, 5001, old, targets, 1, 1);
+
+    stub_set_clock(52710);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
+       == NGX_OK && !out[0],
+       "a load ahead begun before a change is not stored over it");
+
+    stub_set_clock(52930);
+    ok(ngx_presence_subs_lookup(&subs, 5001, ids, 1, out, &version)
+       == NGX_DECLINED, "nor is the set used past its TTL");
 
     ngx_presence_subs_drop(&subs, 5001);
     subs.ttl = 0;
@@ -481,9 +528,9 @@ test_lru(void)
     ngx_presence_subs_shctx_t  *sh;
 
     (void) ngx_presence_subs_lookup(&subs, 7001, ids, 2, out, &version);
-    ngx_presence_subs_store(&subs, 7001, version, a, 2);
+    ngx_presence_subs_store(&subs, 7001, version, a, 2, 0);
     (void) ngx_presence_subs_lookup(&subs, 7002, ids, 2, out, &version);
-    ngx_presence_subs_store(&subs, 7002, version, b, 1);
+    ngx_presence_subs_store(&subs, 7002, version, b, 1, 0);
 
     sh = pool->data;
     sn = ngx_queue_data(ngx_queue_head(&sh->lru), ngx_presence_subs_node_t,
@@ -533,7 +580,7 @@ test_oversize(void)
     for (uid = 6001; uid <= 6003; uid++) {
         id = uid + 1000;
         (void) ngx_presence_subs_lookup(&subs, uid, &id, 1, out, &version);
-        ngx_presence_subs_store(&subs, uid, version, &id, 1);
+        ngx_presence_subs_store(&subs, uid, version, &id, 1, 0);
     }
 
     n = TEST_ZONE_SIZE / sizeof(uint32_t);
@@ -552,7 +599,7 @@ test_oversize(void)
         id = 1;
         ok(ngx_presence_subs_lookup(&subs, 6100, &id, 1, out, &version)
            == NGX_DECLINED, "a set larger than the zone is not cached");
-        ngx_presence_subs_store(&subs, 6100, version, big, n);
+        ngx_presence_subs_store(&subs, 6100, version, big, n, 0);
     }
 
     free(big);
