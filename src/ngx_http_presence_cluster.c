@@ -73,6 +73,7 @@
 typedef struct {
     ngx_atomic_t                   lock;         /* pid of the consumer */
     ngx_atomic_t                   ready;        /* caught up once */
+    ngx_atomic_t                   live;         /* our deadline written */
     uint64_t                       applied;      /* messages applied */
     uint64_t                       ignored;      /* older than the table's */
     uint64_t                       skipped;      /* without headers */
@@ -185,6 +186,7 @@ static void ngx_presence_cluster_error(rd_kafka_t *rk, int err,
 static void ngx_presence_cluster_log(const rd_kafka_t *rk, int level,
     const char *fac, const char *buf);
 static ngx_int_t ngx_presence_cluster_health_handler(ngx_http_request_t *r);
+static char *ngx_presence_cluster_unready(ngx_presence_cluster_t *cl);
 static ngx_uint_t ngx_presence_cluster_is_kind(rd_kafka_message_t *m,
     const char *kind);
 static void ngx_presence_cluster_subs_message(ngx_presence_cluster_t *cl,
@@ -524,14 +526,38 @@ ngx_presence_cluster_exit_process(ngx_presence_cluster_t *cl)
 }
 
 
+/*
+ * Ready: the replica caught up with the log, and this node's deadline is
+ * in presence:live (its first beat answered).  A node that took users
+ * before the others knew it would, if it died then, leave them online
+ * everywhere: no deadline of its name would ever pass.
+ */
+
 ngx_uint_t
 ngx_presence_cluster_ready(ngx_presence_cluster_t *cl)
 {
+    return ngx_presence_cluster_unready(cl) == NULL;
+}
+
+
+/* NULL when ready, else why not (the 503's message) */
+
+static char *
+ngx_presence_cluster_unready(ngx_presence_cluster_t *cl)
+{
     if (cl == NULL || cl->sh == NULL) {
-        return 1;
+        return NULL;
     }
 
-    return __atomic_load_n(&cl->sh->ready, __ATOMIC_ACQUIRE) != 0;
+    if (!__atomic_load_n(&cl->sh->ready, __ATOMIC_ACQUIRE)) {
+        return "not ready: the replica is catching up with the log";
+    }
+
+    if (!__atomic_load_n(&cl->sh->live, __ATOMIC_ACQUIRE)) {
+        return "not ready: this node's liveness is not in Redis yet";
+    }
+
+    return NULL;
 }
 
 
@@ -1710,9 +1736,9 @@ ngx_presence_cluster_metrics(ngx_presence_cluster_t *cl, u_char *p)
 
     return ngx_sprintf(p,
         "# HELP presence_cluster_ready 1 once the replica caught up with "
-        "the log.\n"
+        "the log and this node's liveness is in Redis.\n"
         "# TYPE presence_cluster_ready gauge\n"
-        "presence_cluster_ready %uA\n"
+        "presence_cluster_ready %ui\n"
         "# HELP presence_cluster_applied_total Other nodes' changes "
         "applied.\n"
         "# TYPE presence_cluster_applied_total counter\n"
@@ -1741,7 +1767,7 @@ ngx_presence_cluster_metrics(ngx_presence_cluster_t *cl, u_char *p)
         "node wrote offline.\n"
         "# TYPE presence_cluster_orphans_total counter\n"
         "presence_cluster_orphans_total %uL\n",
-        __atomic_load_n(&sh->ready, __ATOMIC_ACQUIRE), sh->applied,
+        ngx_presence_cluster_ready(cl), sh->applied,
         sh->ignored, sh->skipped, sh->errors, sh->lag, sh->dead,
         sh->orphans);
 }
@@ -1846,18 +1872,19 @@ ngx_presence_cluster_log(const rd_kafka_t *rk, int level, const char *fac,
 ngx_int_t
 ngx_presence_cluster_refuse(ngx_http_request_t *r)
 {
+    char                           *why;
     ngx_http_presence_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
 
-    if (ngx_presence_cluster_ready(pmcf->cluster)) {
+    why = ngx_presence_cluster_unready(pmcf->cluster);
+
+    if (why == NULL) {
         return NGX_DECLINED;
     }
 
     return ngx_http_presence_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "unavailable",
-                                   "not ready: the replica is catching up "
-                                   "with the log");
+                                   "unavailable", why);
 }
 
 
@@ -1878,6 +1905,7 @@ ngx_presence_cluster_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_presence_cluster_health_handler(ngx_http_request_t *r)
 {
+    char                           *why;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
     ngx_chain_t                     out;
@@ -1889,11 +1917,11 @@ ngx_presence_cluster_health_handler(ngx_http_request_t *r)
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
 
-    if (!ngx_presence_cluster_ready(pmcf->cluster)) {
+    why = ngx_presence_cluster_unready(pmcf->cluster);
+
+    if (why != NULL) {
         return ngx_http_presence_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "unavailable",
-                                       "not ready: the replica is catching "
-                                       "up with the log");
+                                       "unavailable", why);
     }
 
     rc = ngx_http_discard_request_body(r);
@@ -2116,6 +2144,15 @@ ngx_presence_cluster_beat_reply(void *data, void *reply)
                       r->type == REDIS_REPLY_ERROR ? (size_t) r->len : 0,
                       r->type == REDIS_REPLY_ERROR ? r->str : "");
         return;
+    }
+
+    if (!__atomic_load_n(&cl->sh->live, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&cl->sh->live, 1, __ATOMIC_RELEASE);
+
+        ngx_log_error(NGX_LOG_NOTICE, cl->log, 0,
+                      "presence cluster: node \"%V\" is in "
+                      NGX_PRESENCE_CLUSTER_LIVE " (deadline %M ms ahead)",
+                      &cl->name, cl->timeout);
     }
 
     /* the latest owners are known only once the replica caught up */

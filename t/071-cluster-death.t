@@ -75,8 +75,11 @@ pg_reset(users => [[$watcher, 'watcher'],
                    map { [$_, "user$_"] } @ids, $mover]);
 
 my @sse;
+my $paused = 0;
 END {
     local $?;    # the stopped children's statuses are not the test's
+    system("redis-cli -p $redis_port CLIENT UNPAUSE >/dev/null 2>&1")
+        if $paused;
     sse_stop($_) for @sse;
     nginx_stop($dir{$_})
         for grep { $dir{$_} && -e "$dir{$_}/nginx.conf" } qw(a b);
@@ -94,20 +97,54 @@ like($out, qr/"presence_cluster" needs "presence_redis"/, "and says why")
 ok(kafka_produce($topic, ['0', '{"hello":"world"}']), "this run's topic made");
 
 
-# 2. two nodes; A's users, one of which moves to B; a watcher on B
-
-cluster_conf($_) for qw(a b);
-nginx_start($dir{a}, $PA);
-ok(ready('a'), "node A ready");
-nginx_start($dir{b}, $PB);
-ok(ready('b'), "node B ready");
-
-# liveness: one Redis hash, a deadline per node by Redis's clock
 sub redis_raw {
     my $v = `redis-cli -p $redis_port --raw @_ 2>/dev/null`;
     chomp $v;
     return $v;
 }
+
+
+# 2. not ready before its deadline is in Redis: a node caught up with the
+# log but whose first liveness beat is not answered (Redis's writes
+# paused) takes no users: were it to die then, no deadline of its name
+# would pass, and its users would stay online everywhere
+
+cluster_conf($_) for qw(a b);
+is(redis_raw('CLIENT', 'PAUSE', 60000, 'WRITE'), 'OK', "Redis writes paused");
+$paused = 1;
+nginx_start($dir{a}, $PA);
+my $caught = 0;
+for (1 .. 200) {
+    $caught = 1, last
+        if (eval { slurp("$dir{a}/error.log") } // '')
+           =~ /the replica caught up with the log/;
+    Time::HiRes::sleep(0.05);
+}
+ok($caught, "node A caught up with the log");
+Time::HiRes::sleep(0.3);
+{
+    my ($st, $body) = unix_get("$dir{a}/metrics.sock", '/healthz');
+    is($st, 503, "node A: /healthz 503 while its deadline is not in Redis");
+    like($body, qr/^\{"error":\{"code":"unavailable","message":"not ready: this node's liveness is not in Redis yet"\}\}/,
+         "and says why") or diag($body);
+    my $r = req(POST => $PA, '/v1/heartbeat', $watcher);
+    is($r->{status}, 503, "and a heartbeat is 503")
+        or diag("$r->{status} $r->{content}");
+    is(metric(a => 'presence_cluster_ready'), 0,
+       "presence_cluster_ready 0");
+}
+is(redis_raw('CLIENT', 'UNPAUSE'), 'OK', "Redis writes again");
+$paused = 0;
+ok(ready('a'), "node A ready");
+is(metric(a => 'presence_cluster_ready'), 1, "presence_cluster_ready 1");
+
+
+# 3. two nodes; A's users, one of which moves to B; a watcher on B
+
+nginx_start($dir{b}, $PB);
+ok(ready('b'), "node B ready");
+
+# liveness: one Redis hash, a deadline per node by Redis's clock
 {
     my ($sec, $usec) = split /\n/, redis_raw('TIME');
     my $now = $sec * 1000 + int($usec / 1000);
@@ -163,7 +200,7 @@ my %seen_before = map { $_ => ($before{$_} =~ /"last_seen":(\d+)/)[0] } @ids;
 my %seq_before = map { $_ => ($before{$_} =~ /"seq":(\d+)/)[0] } @ids;
 
 
-# 3. kill -9 A's master and workers: B writes A's users offline
+# 4. kill -9 A's master and workers: B writes A's users offline
 
 my ($pidfile) = slurp("$dir{a}/nginx.conf") =~ /^pid\s+(\S+);/m;
 chomp(my $master = slurp($pidfile));
@@ -242,7 +279,7 @@ cmp_ok(metric(b => 'presence_cluster_dead_nodes_total') // 0, '>=', 1,
        "/metrics: a dead node");
 
 
-# 4. A again (a new zone): it reads the same from the log
+# 5. A again (a new zone): it reads the same from the log
 
 unlink glob("$dir{a}/*.sock");    # left by the SIGKILL
 nginx_start($dir{a}, $PA);
