@@ -51,6 +51,12 @@
      | ((uint64_t) ((dl) & NGX_PRESENCE_DEADLINE_MASK) << 24)                 \
      | ((uint64_t) ((act) & 0xffff) << 8)                                     \
      | ((uint64_t) ((str) & 0x1f) << 3) | (fl))
+/*
+ * A worker's clock (ngx_current_msec, cached a turn of its loop) may be
+ * behind another's by a turn: an activity written by the other is at
+ * most this many ticks (10 s) "ahead", not 109 minutes old
+ */
+#define NGX_PRESENCE_SKEW         100
 /* the time of a device's last activity: ticks modulo 2^16 (109 min) */
 #define ngx_presence_tick16()                                                 \
     ((uint32_t) (ngx_current_msec / NGX_PRESENCE_TICK) & 0xffff)
@@ -2867,6 +2873,12 @@ ngx_presence_list_idle(ngx_presence_table_t *table, ngx_presence_list_t *l,
 
             a = ngx_presence_dev_active(l->w[i]);
             age = (sec - a) & 0xffff;
+
+            if (age > 0xffff - NGX_PRESENCE_SKEW) {
+                /* written by a worker whose clock is ahead of ours */
+                age = 0;
+            }
+
             max = ngx_min(max, age);
         }
     }

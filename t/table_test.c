@@ -2170,6 +2170,45 @@ test_leave(void)
  * names are interned once and bounded.
  */
 
+/*
+ * Each worker caches its clock for a turn of its loop: a device's activity
+ * written by a worker whose clock is a tick ahead of the sweeper's is
+ * "now" to it, never 109 minutes old (the 16-bit age wrapped: the user
+ * was shown idle until its next heartbeat, seen at 5 M users)
+ */
+
+static void
+test_devices_skew(void)
+{
+    uint32_t                web;
+    ngx_presence_node_t    *node;
+    ngx_presence_table_t    t;
+    ngx_presence_status_t   st;
+
+    new_table(&t, 8 * 1024 * 1024);
+    t.changed = record_change;
+    t.idle_timeout = 1000;
+    stub_set_clock(50000000);
+    nchanges = 0;
+
+    web = ngx_presence_device_id(&t, (u_char *) "web", 3);
+    node = ngx_presence_table_get(&t, 61);
+    stub_set_clock(50000100);
+    (void) ngx_presence_device_beat(&t, node, 1764350000100, 3000, 0, web);
+    stub_set_clock(50000000);
+    ngx_presence_idle_check(&t, 61);
+    (void) ngx_presence_table_peek(&t, 61, &st);
+    ok(nchanges == 1 && st.online && !st.devices.idle,
+       "devices: an activity of a clock a tick ahead is not idle");
+
+    stub_set_clock(50000000 + 1100 + 100);
+    ngx_presence_idle_check(&t, 61);
+    (void) ngx_presence_table_peek(&t, 61, &st);
+    ok(nchanges == 2 && st.online && st.devices.idle,
+       "devices: idle once its idle timeout passed");
+}
+
+
 static void
 test_devices(void)
 {
@@ -2693,6 +2732,7 @@ main(void)
     test_replica();
     test_refresh_race();
     test_devices();
+    test_devices_skew();
     test_json();
 
     return done_testing();
