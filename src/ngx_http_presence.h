@@ -97,6 +97,8 @@ typedef struct {
     ngx_shm_zone_t             *shm_zone;     /* the presence table */
     ngx_event_t                 sweeper;
     ngx_event_t                 sweep_rest;   /* the rest of a tick's scan */
+    ngx_event_t                 sweep_next;   /* the rest of a tick's
+                                                 buckets, past its budget */
     ngx_msec_t                  sweep_interval;
 
     ngx_presence_pg_pool_t  *pg;         /* NULL: no users database */

@@ -47,6 +47,9 @@ static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_presence_sweep_handler(ngx_event_t *ev);
 static void ngx_http_presence_sweep_rest_handler(ngx_event_t *ev);
+static void ngx_http_presence_sweep_next_handler(ngx_event_t *ev);
+static void ngx_http_presence_sweep_post(ngx_http_presence_main_conf_t *pmcf,
+    ngx_presence_table_t *table);
 
 static void *ngx_http_presence_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_presence_create_loc_conf(ngx_conf_t *cf);
@@ -533,6 +536,10 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
     pmcf->sweep_rest.data = pmcf;
     pmcf->sweep_rest.log = cycle->log;
 
+    pmcf->sweep_next.handler = ngx_http_presence_sweep_next_handler;
+    pmcf->sweep_next.data = pmcf;
+    pmcf->sweep_next.log = cycle->log;
+
     if (pmcf->events
         && ngx_presence_events_init_process(pmcf->events, cycle, table)
            != NGX_OK)
@@ -656,13 +663,42 @@ ngx_http_presence_sweep_handler(ngx_event_t *ev)
                        n, table->sh->online);
     }
 
-    /* the rest of its scan, a chunk a turn of the event loop */
-    if (table->sh->scan_debt && !pmcf->sweep_rest.posted) {
-        ngx_post_event(&pmcf->sweep_rest, &ngx_posted_next_events);
-    }
+    ngx_http_presence_sweep_post(pmcf, table);
 
     if (!ngx_exiting) {
         ngx_add_timer(ev, pmcf->sweep_interval);
+    }
+}
+
+
+/* the buckets a tick left at its budget, a turn of the event loop later */
+
+static void
+ngx_http_presence_sweep_next_handler(ngx_event_t *ev)
+{
+    ngx_presence_table_t           *table;
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    pmcf = ev->data;
+    table = pmcf->shm_zone->data;
+
+    (void) ngx_presence_sweep(table, ngx_pid);
+
+    ngx_http_presence_sweep_post(pmcf, table);
+}
+
+
+static void
+ngx_http_presence_sweep_post(ngx_http_presence_main_conf_t *pmcf,
+    ngx_presence_table_t *table)
+{
+    if (table->behind && !pmcf->sweep_next.posted) {
+        ngx_post_event(&pmcf->sweep_next, &ngx_posted_next_events);
+    }
+
+    /* the rest of its scan, a chunk a turn of the event loop */
+    if (table->sh->scan_debt && !pmcf->sweep_rest.posted) {
+        ngx_post_event(&pmcf->sweep_rest, &ngx_posted_next_events);
     }
 }
 
@@ -794,6 +830,7 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
         }
 
         table->devices = pmcf->devices;
+        table->sweep_budget = NGX_PRESENCE_SWEEP_BUDGET;
         table->idle_timeout = pmcf->idle_timeout;
         table->grace = pmcf->grace;
         table->stores = (pmcf->pg ? NGX_PRESENCE_DIRTY_PG : 0)

@@ -172,6 +172,8 @@ static ngx_uint_t ngx_presence_evict(ngx_presence_table_t *table);
 static void ngx_presence_unlink(ngx_presence_table_t *table, uint32_t slot);
 static void ngx_presence_reclaim_scan(ngx_presence_table_t *table,
     ngx_uint_t tick);
+static ngx_uint_t ngx_presence_sweep_list(ngx_presence_table_t *table,
+    uint32_t slot, uint32_t tick24, uint64_t start, ngx_uint_t *expired);
 static void ngx_presence_sweep_timed(ngx_presence_shctx_t *sh,
     uint64_t start, ngx_uint_t tick);
 static ngx_int_t ngx_presence_resolve_node(ngx_presence_table_t *table,
@@ -1488,20 +1490,80 @@ ngx_presence_sweep_clock(void)
 
 
 /*
+ * Walks a list taken off the wheel from "slot" (+ 1): expires or requeues
+ * each node.  Past the sweep's budget (checked every 64 links) it stops
+ * and leaves the rest in sh->rest for the next sweep: 1; all done: 0.
+ *
+ * Every node of a list taken is QUEUED until expired here, and a list is
+ * no longer than the table: else a node was pushed twice, a bug.  Not
+ * looping on it for ever, the rest of the list is left to the audit.
+ */
+
+static ngx_uint_t
+ngx_presence_sweep_list(ngx_presence_table_t *table, uint32_t slot,
+    uint32_t tick24, uint64_t start, ngx_uint_t *expired)
+{
+    uint32_t               next, links;
+    ngx_presence_shctx_t  *sh;
+
+    sh = table->sh;
+
+    for (links = 0; slot; links++, sh->rest_links++) {
+
+        if (slot > sh->capacity
+            || sh->rest_links >= sh->capacity
+            || !(ngx_presence_flags(ngx_presence_load(
+                     &sh->nodes[slot - 1].state))
+                 & NGX_PRESENCE_QUEUED))
+        {
+            ngx_log_error(NGX_LOG_ALERT, table->log, 0,
+                          "presence zone \"%V\": a wheel bucket is broken "
+                          "after %uD links, left to the audit",
+                          &table->name, sh->rest_links);
+            return 0;
+        }
+
+        if (links && (links & 63) == 0 && table->sweep_budget
+            && ngx_presence_sweep_clock() - start > table->sweep_budget)
+        {
+            sh->rest = slot;
+            return 1;
+        }
+
+        next = sh->nodes[slot - 1].next;
+        *expired += ngx_presence_expire(table, slot - 1, tick24);
+        slot = next;
+    }
+
+    return 0;
+}
+
+
+/*
  * Expires the users whose deadline passed: takes every bucket whose tick
  * came, and audits a slice of the slots for nodes a killed sweeper lost.
  * Returns the number of users that went offline.
+ *
+ * A sweep that has taken buckets for table->sweep_budget ns stops between
+ * two (at least one is taken) and sets table->behind: the caller calls
+ * again a turn of its event loop later, so that one tick of many users
+ * due (a mass expiry, a sweeper that fell behind) does not hold the
+ * worker's loop for long.  The audit waits until the sweeper has caught
+ * up: it may only look for lost nodes once every bucket due is taken.
  */
 
 ngx_uint_t
 ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 {
-    uint32_t               slot, next, tick24, i, n, q, links;
-    uint64_t               now, t, s, late, last, end, start;
+    uint32_t               slot, tick24, i, n, q;
+    uint64_t               now, t, s, late, last, end, start, first;
     ngx_uint_t             expired;
     ngx_presence_shctx_t  *sh;
 
     sh = table->sh;
+
+    /* another process sweeping goes on with what a budget left */
+    table->behind = 0;
 
     if (!ngx_presence_pid_lock(&sh->sweep_lock, pid, table->log,
                                &table->name, "sweep"))
@@ -1532,8 +1594,33 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
     }
 
     tick24 = (uint32_t) now & NGX_PRESENCE_DEADLINE_MASK;
+    first = t;
+
+    if (sh->rest) {
+        /* what the last sweep left of a bucket, first */
+        slot = sh->rest;
+        sh->rest = 0;
+
+        if (ngx_presence_sweep_list(table, slot, tick24, start, &expired)) {
+            table->behind = 1;
+            goto done;
+        }
+    }
 
     while (t < end) {
+
+        if (t != first && table->sweep_budget
+            && ngx_presence_sweep_clock() - start > table->sweep_budget)
+        {
+            /* the rest in the next call; the late hint was taken */
+            if (t < last) {
+                ngx_presence_late(sh, t + 1);
+            }
+
+            table->behind = 1;
+            goto done;
+        }
+
         t++;
 
         if (t > last) {
@@ -1546,31 +1633,11 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 
         ngx_presence_hook(NGX_PRESENCE_HOOK_TAKEN, slot);
 
-        /*
-         * Every node of a list taken is QUEUED until expired here, and a
-         * list is no longer than the table: else a node was pushed twice,
-         * a bug.  Not looping on it for ever, the rest of the list is
-         * left to the audit.
-         */
+        sh->rest_links = 0;
 
-        for (links = 0; slot; links++) {
-
-            if (slot > sh->capacity
-                || links == sh->capacity
-                || !(ngx_presence_flags(ngx_presence_load(
-                         &sh->nodes[slot - 1].state))
-                     & NGX_PRESENCE_QUEUED))
-            {
-                ngx_log_error(NGX_LOG_ALERT, table->log, 0,
-                              "presence zone \"%V\": the wheel bucket of "
-                              "tick %uL is broken after %uD links, "
-                              "left to the audit", &table->name, t, links);
-                break;
-            }
-
-            next = sh->nodes[slot - 1].next;
-            expired += ngx_presence_expire(table, slot - 1, tick24);
-            slot = next;
+        if (ngx_presence_sweep_list(table, slot, tick24, start, &expired)) {
+            table->behind = 1;
+            goto done;
         }
     }
 
@@ -1647,6 +1714,8 @@ ngx_presence_sweep(ngx_presence_table_t *table, ngx_pid_t pid)
 
     /* presence_retain, and room when the zone is nearly full */
     ngx_presence_reclaim_scan(table, 1);
+
+done:
 
     ngx_presence_sweep_timed(sh, start, 1);
 

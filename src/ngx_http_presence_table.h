@@ -20,6 +20,7 @@
 /* one wheel tick, ms; heartbeat deadlines are kept in ticks */
 #define NGX_PRESENCE_TICK            100
 #define NGX_PRESENCE_WHEEL           4096           /* buckets, power of 2 */
+#define NGX_PRESENCE_SWEEP_BUDGET    2000000        /* ns: see the sweep */
 
 /* deadlines are 24-bit tick counters: ~19 days of horizon */
 #define NGX_PRESENCE_DEADLINE_BITS   24
@@ -196,6 +197,10 @@ typedef struct {
                                                  rest of one */
     uint64_t                    scan_debt;   /* slots the reclaim scan owes:
                                                 see ngx_presence_sweep_more() */
+    uint32_t                    rest;        /* slot + 1: the rest of a
+                                                bucket a sweep left at its
+                                                budget, the next one's first */
+    uint32_t                    rest_links;  /* links of it walked so far */
     uint32_t                    wheel[NGX_PRESENCE_WHEEL];
     ngx_presence_counters_t     counters[NGX_MAX_PROCESSES];
     ngx_presence_node_t        *nodes;
@@ -259,6 +264,10 @@ struct ngx_presence_table_s {
     ngx_msec_t                  grace;       /* presence_offline_grace */
     time_t                      name_age;    /* a name unused this long, s,
                                                 may be given to another */
+    uint64_t                    sweep_budget; /* ns a sweep takes buckets
+                                                for, 0: every bucket due */
+    ngx_uint_t                  behind;      /* the last sweep stopped at
+                                                its budget: call again */
 };
 
 

@@ -33,7 +33,11 @@ sweep_until(ngx_presence_table_t *t, ngx_msec_t ms)
 {
     while (ngx_current_msec < ms) {
         stub_set_clock(ngx_current_msec + NGX_PRESENCE_TICK);
-        (void) ngx_presence_sweep(t, ngx_pid);
+
+        /* a sweep stopped at its budget goes on at once, as in nginx */
+        do {
+            (void) ngx_presence_sweep(t, ngx_pid);
+        } while (t->behind);
     }
 }
 
@@ -135,6 +139,163 @@ test_expiry(void)
        && st.last_seen == 1764301000000,
        "offline after the timeout, last seen at the heartbeat");
     ok(t.sh->online == 0, "online counter back to 0");
+}
+
+
+/*
+ * A sweep past its budget stops between two buckets and says so
+ * (table->behind): 10 users due on 10 ticks, the sweeper 2 s late; with a
+ * budget of 1 ns a call takes one bucket, and the calls that follow take
+ * the rest in order, every user once; without a budget one call does.
+ */
+
+static void
+test_sweep_budget(void)
+{
+    uint32_t               id;
+    ngx_msec_t             entry;
+    ngx_uint_t             calls, offline, order, budget;
+    ngx_presence_table_t   t;
+    ngx_presence_status_t  st;
+
+    entry = ngx_current_msec;
+
+    for (budget = 1; ; budget = 0) {
+        /* the clock first: a new table is swept from its creation */
+        stub_set_clock(3000000 + (1 - budget) * 100000);
+        new_table(&t, 8 * 1024 * 1024);
+        t.sweep_budget = budget;
+
+        for (id = 1; id <= 10; id++) {
+            ngx_presence_heartbeat(&t, ngx_presence_table_get(&t, id),
+                                   1764301000000, 1000 + id * 100, 0);
+        }
+
+        stub_set_clock(ngx_current_msec + 4000);
+
+        order = 1;
+        offline = 0;
+
+        for (calls = 0; calls < 100; calls++) {
+            (void) ngx_presence_sweep(&t, ngx_pid);
+
+            for (id = 1; id <= 10; id++) {
+                if (status_of(&t, id, &st) && !st.online
+                    && id > offline)
+                {
+                    /* each goes after those due before it */
+                    order &= (id == offline + 1);
+                    offline = id;
+                }
+            }
+
+            if (!t.behind) {
+                break;
+            }
+        }
+
+        for (id = 1; id <= 10; id++) {
+            offline -= (status_of(&t, id, &st) && !st.online && st.seq == 2);
+        }
+
+        printf("# budget %lu ns: %lu calls after the first\n",
+               (unsigned long) budget, (unsigned long) calls);
+
+        if (budget) {
+            ok(calls >= 10 && calls < 100 && order && offline == 0
+               && t.sh->online == 0,
+               "sweep budget: a call a bucket, the next calls take the "
+               "rest in order, each user offline once");
+            continue;
+        }
+
+        ok(calls == 0 && offline == 0 && t.sh->online == 0,
+           "no sweep budget: one call takes every bucket due");
+        break;
+    }
+
+    /* the tests that follow set clocks of their own from here */
+    stub_set_clock(entry);
+}
+
+
+/*
+ * One bucket of 1,000 users due, a budget of 1 ns: a sweep stops every 64
+ * links and the next one goes on from there (sh->rest).  The odd users
+ * heartbeat while the bucket is half walked: they stay online, requeued,
+ * and expire later; the even ones go offline once each.
+ */
+
+static void
+test_sweep_budget_bucket(void)
+{
+    uint32_t               id;
+    ngx_msec_t             entry;
+    ngx_uint_t             calls, wrong, beat;
+    ngx_presence_table_t   t;
+    ngx_presence_status_t  st;
+
+    entry = ngx_current_msec;
+
+    stub_set_clock(3300000);
+    new_table(&t, 8 * 1024 * 1024);
+    t.sweep_budget = 1;
+
+    for (id = 1; id <= 1000; id++) {
+        ngx_presence_heartbeat(&t, ngx_presence_table_get(&t, id),
+                               1764301000000, 1000, 0);
+    }
+
+    stub_set_clock(ngx_current_msec + 1500);
+    beat = 0;
+
+    for (calls = 1; calls < 1000; calls++) {
+        (void) ngx_presence_sweep(&t, ngx_pid);
+
+        if (!t.behind) {
+            break;
+        }
+
+        if (calls == 3) {
+            for (id = 1; id <= 1000; id += 2) {
+                ngx_presence_heartbeat(&t, ngx_presence_table_get(&t, id),
+                                       1764301001500, 1000, 0);
+            }
+
+            beat = 1;
+        }
+    }
+
+    wrong = 0;
+
+    for (id = 1; id <= 1000; id++) {
+        if (!status_of(&t, id, &st)) {
+            wrong++;
+            continue;
+        }
+
+        /* the odd ones beat again before the sweep got to them, or after
+           it expired them (then online again, seq 3) */
+        wrong += (id & 1) ? !st.online : (st.online || st.seq != 2);
+    }
+
+    printf("# a bucket of 1000 at 1 ns: %lu sweeps\n", (unsigned long) calls);
+
+    ok(beat && calls > 10 && calls < 1000 && wrong == 0
+       && t.sh->rest == 0,
+       "sweep budget in a bucket: 64 links a sweep, the next goes on; "
+       "the even users offline once, the odd ones that beat meanwhile "
+       "online");
+
+    sweep_until(&t, ngx_current_msec + 1500);
+    while (t.behind) {
+        (void) ngx_presence_sweep(&t, ngx_pid);
+    }
+
+    ok(t.sh->online == 0, "sweep budget in a bucket: then the odd ones "
+       "expire at their new deadline");
+
+    stub_set_clock(entry);
 }
 
 
@@ -1181,7 +1342,8 @@ test_stress(void)
     seed = e ? strtoul(e, NULL, 10) : (unsigned long) time(NULL) ^ getpid();
 
     printf("# wheel stress: %u s, seed %lu (PRESENCE_STRESS_SEED=%lu "
-           "replays it)\n", (unsigned) seconds, seed, seed);
+           "replays it), sweep budget %s\n", (unsigned) seconds, seed, seed,
+           (seed & 1) ? "1 ns" : "none");
 
     /*
      * Every sweep audits the whole table (NGX_PRESENCE_AUDIT_MIN slots),
@@ -1190,6 +1352,9 @@ test_stress(void)
      */
     new_table(&t, 272 * 1024);
     count_changes(&t);
+
+    /* odd seeds: sweeps stop at a budget of 1 ns (64 links, a bucket) */
+    t.sweep_budget = seed & 1;
 
     if (t.sh->max_users < STRESS_USERS * 10 / 8 || t.sh->capacity > 1024) {
         printf("Bail out! stress table of %u slots\n", t.sh->capacity);
@@ -2718,6 +2883,8 @@ main(void)
     ngx_pid = getpid();
 
     test_expiry();
+    test_sweep_budget();
+    test_sweep_budget_bucket();
     test_dead_lock_holder();
     test_pid_lock_owner();
     test_orphans();
